@@ -1,0 +1,20 @@
+"""eva_utils: the plumbing of the EVA course, so that each notebook shows only what it teaches.
+
+    import eva_utils as eva
+    run = eva.start("03_lighter_model", seed=1)           # mode, seed, device
+    train_set = eva.mnist(train=True, transform=eva.augment.mnist_train(rotate=0))
+    history = eva.fit(model, train_loader, test_loader, optimizer, epochs=run.epochs(15))
+    run.report(history, eva.Target(test_acc=99.0), model)  # Result block + ledger line
+"""
+from . import augment, config
+from .config import get_device, loader_settings, seed_everything
+from .data import DataNotFoundError, cifar10, cifar100, loaders, mnist
+from .lr_finder import find_lr
+from .plots import (misclassified, per_class_accuracy, plot_history, show_gradcam, show_misclassified,
+                    show_samples)
+from .results import Run, Target, start
+from .rf import receptive_field
+from .summary import count_params, model_cost, model_summary
+from .train import History, TrainingDiverged, evaluate, fit
+
+__version__ = "0.1.0"

@@ -1,0 +1,116 @@
+"""The ``eva`` command.
+
+    eva run NOTEBOOK... [--smoke | --full] [-p NAME VALUE]...
+        Execute notebooks with papermill. ``--full`` (the real course run) writes the executed
+        notebook in place, so its outputs become the committed ones, and adds ledger entries.
+        ``--smoke`` (the default) writes to build/smoke/ and leaves the notebook untouched.
+    eva results [--markdown] [--update-readme] [--check]
+        Show the results ledger; ``--markdown`` prints the README table generated from the
+        latest full run of each notebook; ``--update-readme`` writes it into README.md;
+        ``--check`` fails if README.md's table is stale.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import results
+
+
+def _value(text: str):
+    """Parameter values are Python literals when they parse as one (``0.01``, ``True``), else strings."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def run_notebooks(paths, mode: str, parameters: dict, output_dir: Path | None = None) -> int:
+    import papermill as pm
+
+    if "MODE" in parameters:
+        raise SystemExit("eva run: choose the mode with --smoke or --full, not -p MODE")
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"eva run: no such notebook: {', '.join(map(str, missing))}")
+    os.environ["EVA_MODE"] = mode
+    os.environ["EVA_PROGRESS"] = "0"  # progress bars are noise in a saved notebook
+    root = results.project_root() or Path.cwd()
+    failures = 0
+    for nb in map(Path, paths):
+        if mode == "full":
+            out = nb
+        else:
+            out = (output_dir or root / "build" / "smoke") / nb.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[{mode}] {nb} -> {out}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters=parameters or None, cwd=str(nb.parent.resolve()),
+                                kernel_name="python3", progress_bar=False)
+        except pm.PapermillExecutionError as err:
+            failures += 1
+            print(f"FAILED {nb} in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                  f"  (the executed notebook with the error is at {out})", file=sys.stderr)
+            continue
+        print(f"done {nb} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 1 if failures else 0
+
+
+def show_results(markdown: bool, update: bool, check: bool) -> int:
+    entries = results.read_ledger()
+    table = results.markdown_table(entries)
+    readme = (results.project_root() or Path.cwd()) / "README.md"
+    if check:
+        text = readme.read_text()
+        current = text.split(results.TABLE_START, 1)[-1].split(results.TABLE_END, 1)[0].strip()
+        if current != table.strip():
+            print("README.md's results table is stale: run `eva results --update-readme`", file=sys.stderr)
+            return 1
+        print("README.md's results table matches the ledger")
+        return 0
+    if update:
+        changed = results.update_readme(readme, table)
+        print(f"{readme}: {'updated' if changed else 'already up to date'}")
+        return 0
+    if markdown:
+        print(table)
+        return 0
+    for e in results.latest_full(entries):
+        m = e["metrics"]
+        print(f"{e['notebook']:<28} {e.get('label') or '':<12} {e['params']:>9,}  best {m['best_test_acc']:.2f} % "
+              f"(ep {m['best_epoch']}/{e['epochs']})  {'met' if e['passed'] else 'missed'}  {e['device']}")
+    if not entries:
+        print(f"no full run recorded in {results.ledger_path('full')}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="eva", description="EVA course tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute notebooks with papermill")
+    run.add_argument("notebooks", nargs="+")
+    how = run.add_mutually_exclusive_group()
+    how.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help="tiny subset, 1 epoch (default)")
+    how.add_argument("--full", dest="mode", action="store_const", const="full",
+                     help="the real run; writes the executed notebook in place")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="override a value of the notebook's parameters cell")
+    run.add_argument("--output-dir", type=Path, help="where smoke runs write executed notebooks (default build/smoke)")
+    res = sub.add_parser("results", help="show the results ledger")
+    res.add_argument("--markdown", action="store_true", help="print the README results table")
+    res.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    res.add_argument("--check", action="store_true", help="fail if README.md's table is stale")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        params = {name: _value(value) for name, value in args.parameter}
+        return run_notebooks(args.notebooks, args.mode or "smoke", params, args.output_dir)
+    return show_results(args.markdown, args.update_readme, args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

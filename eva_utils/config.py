@@ -1,0 +1,102 @@
+"""Run configuration: which mode, where the data lives, which device, which seed.
+
+Every notebook of the course runs in one of two modes:
+
+* ``full``  - the real course run (the default for a student). Only full runs are results.
+* ``smoke`` - a tiny, fixed subset of the data and a single epoch, on the CPU, offline.
+  It checks that the notebook *runs*; its numbers are never presented as results.
+  The test suite sets ``EVA_MODE=smoke`` for every notebook it executes.
+
+The mode comes from the ``EVA_MODE`` environment variable unless a notebook passes
+it explicitly. Data is read from ``EVA_DATA_DIR`` (default ``./data``).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODES = ("full", "smoke")
+
+
+def mode(requested: str | None = None) -> str:
+    """Return the run mode: ``requested`` if given, else ``$EVA_MODE``, else ``"full"``."""
+    value = (requested or os.environ.get("EVA_MODE") or "full").strip().lower()
+    if value not in MODES:
+        raise ValueError(f"Unknown run mode {value!r}: use one of {MODES} (set EVA_MODE or pass mode=...)")
+    return value
+
+
+def is_smoke(requested: str | None = None) -> bool:
+    return mode(requested) == "smoke"
+
+
+def data_dir() -> Path:
+    """Root folder of the datasets: ``$EVA_DATA_DIR`` or ``./data``."""
+    return Path(os.environ.get("EVA_DATA_DIR") or "data").expanduser()
+
+
+def get_device(requested: str | None = None) -> torch.device:
+    """The best available device: CUDA, then Apple's MPS, then the CPU.
+
+    Smoke runs always use the CPU so that they behave the same everywhere.
+    ``$EVA_DEVICE`` (or ``requested``) forces a device, e.g. ``cpu``.
+    """
+    choice = requested or os.environ.get("EVA_DEVICE")
+    if choice:
+        return torch.device(choice)
+    if is_smoke():
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable device name for logs and the ledger (e.g. ``cuda (Tesla T4)``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
+
+
+def seed_everything(seed: int) -> int:
+    """Seed Python, NumPy and PyTorch (CPU and every GPU) so a run can be repeated.
+
+    cuDNN is left in its fast, non-deterministic mode: on a GPU two runs with the
+    same seed agree to within a few hundredths of a percent, not bit for bit.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    return seed
+
+
+def loader_settings(device: torch.device, batch_size: int | None = None) -> dict:
+    """DataLoader settings that suit the device.
+
+    On a GPU, two worker processes prepare batches while the GPU computes, and pinned
+    memory makes host-to-GPU copies faster. On the CPU the workers would only steal
+    cores from the computation, so the data is prepared in the main process.
+    Workers are not persistent: they are re-created each epoch so they pick up the
+    augmentation seed of that epoch (see ``data.ArrayDataset.reseed``).
+    """
+    device = torch.device(device)
+    on_gpu = device.type == "cuda"
+    settings = {
+        "num_workers": min(2, os.cpu_count() or 1) if on_gpu else 0,
+        "pin_memory": on_gpu,
+    }
+    if batch_size is not None:
+        settings["batch_size"] = batch_size
+    return settings

@@ -1,0 +1,238 @@
+"""The training loop: ``fit(model, train_loader, test_loader, optimizer, epochs) -> History``.
+
+One epoch = one pass over the training set (forward, loss, backward, optimiser step for
+each batch) followed by one pass over the test set without gradients. ``History`` keeps
+per-epoch loss, accuracy (in percent) and learning rate, which is what the curves and the
+Result block are made of.
+
+Also here, because long runs get interrupted (Colab disconnects):
+
+* ``checkpoint=path`` saves everything needed to continue after every epoch: weights,
+  optimiser and scheduler state, the history, and every random generator's state;
+  ``resume=True`` picks the run up where it stopped and ends exactly where an
+  uninterrupted run would have (on the CPU, bit for bit).
+* a guard stops the run with a clear message when the loss becomes NaN/inf or explodes,
+  instead of training on garbage for an hour.
+* ``amp=True`` uses mixed precision (float16 with loss scaling) on a CUDA GPU.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import config
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exploded; the message says where and what to try."""
+
+
+@dataclass
+class History:
+    """Per-epoch measurements of one training run (accuracies in percent)."""
+
+    train_loss: list = field(default_factory=list)
+    train_acc: list = field(default_factory=list)
+    test_loss: list = field(default_factory=list)
+    test_acc: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+    epoch_time: list = field(default_factory=list)
+    device: str = ""
+
+    @property
+    def epochs(self) -> int:
+        return len(self.test_acc)
+
+    @property
+    def wall_s(self) -> float:
+        return float(sum(self.epoch_time))
+
+    @property
+    def best_epoch(self) -> int:
+        """1-based epoch of the best test accuracy (the first one, if tied)."""
+        return int(np.argmax(self.test_acc)) + 1
+
+    def last(self, k: int) -> list:
+        """Test accuracies of the last ``k`` epochs."""
+        return self.test_acc[-k:]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**d)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(path: Path, epoch, model, optimizer, scheduler, scaler, history) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "history": history.to_dict(),
+        "rng": _rng_state(),
+    }, tmp)
+    os.replace(tmp, path)  # atomic: a run killed mid-save leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, scaler, device):
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt["scheduler"] is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt["scaler"] is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt["rng"]
+    rng["torch"] = rng["torch"].cpu()
+    if "cuda" in rng:
+        rng["cuda"] = [s.cpu() for s in rng["cuda"]]
+    _set_rng_state(rng)
+    return ckpt["epoch"], History.from_dict(ckpt["history"])
+
+
+def _progress_enabled() -> bool:
+    """Progress bars, unless ``EVA_PROGRESS=0`` (``eva run`` sets it: bars are noise in a saved notebook)."""
+    return os.environ.get("EVA_PROGRESS", "1") != "0"
+
+
+def evaluate(model, loader, device=None, criterion=F.cross_entropy) -> tuple[float, float]:
+    """Mean loss and accuracy (percent) of ``model`` on ``loader``, without gradients."""
+    device = torch.device(device or next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = model(x)
+            loss_sum += criterion(out.float(), y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+            seen += len(y)
+    model.train(was_training)
+    return loss_sum / seen, 100.0 * correct / seen
+
+
+def _check_loss(loss_sum: torch.Tensor, batches: int, first: float | None, epoch, batch, lr, limit, where):
+    mean = (loss_sum / batches).item()
+    if not math.isfinite(mean) or (first is not None and mean > limit * max(first, 1e-3)):
+        raise TrainingDiverged(
+            f"Training stopped: the loss became {mean:.4g} at epoch {epoch}, batch {batch} (lr {lr:.3g}"
+            f"{'' if first is None else f', first batches {first:.3g}'}). The weights are no longer useful. "
+            f"Lower the learning rate, or check the data and the model's output layer. {where}"
+        )
+    return mean
+
+
+def fit(model, train_loader, test_loader, optimizer, epochs: int, scheduler=None, scheduler_step: str = "epoch",
+        criterion=F.cross_entropy, device=None, amp: bool = False, checkpoint=None, resume: bool = False,
+        diverge_factor: float = 100.0, on_epoch_end=None, verbose: bool = True) -> History:
+    """Train ``model`` for ``epochs`` epochs and test it after each one.
+
+    Args:
+        scheduler: an LR scheduler, stepped once per epoch (``scheduler_step="epoch"``,
+            e.g. StepLR; ReduceLROnPlateau gets the test loss) or after every batch
+            (``"batch"``, e.g. OneCycleLR, whose ``steps_per_epoch`` counts batches).
+        criterion: the loss. ``F.cross_entropy`` also suits models that end in
+            ``log_softmax`` (log-softmax of log-probabilities changes nothing).
+        amp: mixed precision on a CUDA GPU (ignored elsewhere).
+        checkpoint / resume: save after every epoch to this path / continue from it.
+        diverge_factor: stop when the mean loss exceeds this multiple of the first batches'.
+        on_epoch_end: called as ``on_epoch_end(epoch, history)`` after each epoch.
+    """
+    if scheduler_step not in ("epoch", "batch"):
+        raise ValueError(f"scheduler_step must be 'epoch' or 'batch', not {scheduler_step!r}")
+    device = torch.device(device or config.get_device())
+    model.to(device)
+    use_amp = bool(amp) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    history, start = History(device=config.device_name(device)), 1
+    ckpt = Path(checkpoint) if checkpoint else None
+    if resume and ckpt is None:
+        raise ValueError("resume=True needs checkpoint=<path> to resume from")
+    if resume and ckpt.exists():
+        done, history = _load_checkpoint(ckpt, model, optimizer, scheduler, scaler, device)
+        start = done + 1
+        if verbose:
+            print(f"Resumed from {ckpt} after epoch {done}/{epochs}")
+    where = f"Last good checkpoint: {ckpt}." if ckpt else ""
+    first_loss = None
+
+    for epoch in range(start, epochs + 1):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        if hasattr(train_loader.dataset, "reseed"):  # a fresh, reproducible augmentation stream per epoch
+            train_loader.dataset.reseed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not _progress_enabled())
+        for batch, (x, y) in enumerate(bar, 1):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+                out = model(x)
+                loss = criterion(out.float(), y)
+            if use_amp:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            if scheduler is not None and scheduler_step == "batch":
+                scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+            if batch % 10 == 0 or batch == len(train_loader):  # one GPU sync per 10 batches
+                mean = _check_loss(loss_sum, seen, first_loss, epoch, batch, lr, diverge_factor, where)
+                first_loss = mean if first_loss is None else first_loss
+                bar.set_postfix(loss=f"{mean:.4f}", acc=f"{100.0 * correct.item() / seen:.2f}")
+        train_loss, train_acc = loss_sum.item() / seen, 100.0 * correct.item() / seen
+        test_loss, test_acc = evaluate(model, test_loader, device, criterion)
+        if scheduler is not None and scheduler_step == "epoch":
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(test_loss)
+            else:
+                scheduler.step()
+        for name, value in (("train_loss", train_loss), ("train_acc", train_acc), ("test_loss", test_loss),
+                            ("test_acc", test_acc), ("lr", lr), ("epoch_time", time.perf_counter() - t0)):
+            getattr(history, name).append(value)
+        if verbose:
+            print(f"epoch {epoch:2d}/{epochs}  lr {lr:.4g}  train loss {train_loss:.4f} acc {train_acc:6.2f}%  "
+                  f"test loss {test_loss:.4f} acc {test_acc:6.2f}%  ({history.epoch_time[-1]:.1f} s)", flush=True)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, epoch, model, optimizer, scheduler, scaler, history)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
+    return history
