@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import results
+from . import config, results
 
 
 def _value(text: str):
@@ -38,6 +38,7 @@ def run_notebooks(paths, mode: str, parameters: dict, output_dir: Path | None = 
     if missing:
         raise SystemExit(f"eva run: no such notebook: {', '.join(map(str, missing))}")
     os.environ["EVA_MODE"] = mode
+    config.absolute_data_dir()  # kernels run inside the notebook's folder
     os.environ["EVA_PROGRESS"] = "0"  # progress bars are noise in a saved notebook
     root = results.project_root() or Path.cwd()
     failures = 0

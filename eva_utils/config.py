@@ -34,9 +34,31 @@ def is_smoke(requested: str | None = None) -> bool:
     return mode(requested) == "smoke"
 
 
+def project_root(start: Path | None = None) -> Path | None:
+    """The course repository containing ``start`` (or the working directory), if any."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").exists() and (folder / "eva_utils").is_dir():
+            return folder
+    return None
+
+
 def data_dir() -> Path:
-    """Root folder of the datasets: ``$EVA_DATA_DIR`` or ``./data``."""
-    return Path(os.environ.get("EVA_DATA_DIR") or "data").expanduser()
+    """Root folder of the datasets: ``$EVA_DATA_DIR``, else ``<repo>/data``, else ``./data`` (e.g. on Colab).
+
+    ``eva run`` and the test suite turn a relative ``EVA_DATA_DIR`` into an absolute one
+    before starting notebook kernels, which run inside ``notebooks/``.
+    """
+    if os.environ.get("EVA_DATA_DIR"):
+        return Path(os.environ["EVA_DATA_DIR"]).expanduser()
+    root = project_root()
+    return (root / "data") if root else Path("data")
+
+
+def absolute_data_dir() -> None:
+    """Make ``$EVA_DATA_DIR`` absolute, so that child processes in other folders see the same data."""
+    if os.environ.get("EVA_DATA_DIR"):
+        os.environ["EVA_DATA_DIR"] = str(Path(os.environ["EVA_DATA_DIR"]).expanduser().resolve())
 
 
 def get_device(requested: str | None = None) -> torch.device:

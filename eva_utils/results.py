@@ -23,18 +23,10 @@ from pathlib import Path
 import torch
 
 from . import config
+from .config import project_root
 
 LEDGER = "ledger.jsonl"
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def project_root(start: Path | None = None) -> Path | None:
-    """The course repository containing ``start`` (or the working directory), if any."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").exists() and (folder / "eva_utils").is_dir():
-            return folder
-    return None
 
 
 def results_dir() -> Path:

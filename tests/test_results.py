@@ -1,0 +1,112 @@
+"""The Result block and the ledger record what was measured; the README table is generated, never stale."""
+import json
+from pathlib import Path
+
+import pytest
+import torch.nn as nn
+
+import eva_utils as eva
+from eva_utils import cli, results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _history(test_acc, train_acc=None):
+    n = len(test_acc)
+    return eva.History(train_loss=[1.0] * n, train_acc=train_acc or [90.0] * n, test_loss=[0.5] * n,
+                       test_acc=list(test_acc), lr=[0.01] * n, epoch_time=[2.0] * n, device="cpu (2 threads)")
+
+
+def test_target_hold_last_uses_the_minimum_of_the_last_epochs():
+    t = eva.Target(test_acc=99.4, params=8000, epochs=15, hold_last=3)
+    h = _history([99.0, 99.5, 99.41, 99.39, 99.45])
+    checks = t.check(h, 7_990)
+    assert checks["min test acc, last 3 epochs"] == (99.39, 99.4, False)
+    assert checks["params"] == (7_990, 8000, True) and checks["epochs"] == (5, 15, True)
+    assert eva.Target(test_acc=99.4).check(h, 1)["best test acc"] == (99.5, 99.4, True)
+
+
+def test_full_report_writes_one_complete_ledger_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EVA_RESULTS_DIR", str(tmp_path))
+    run = eva.Run("99_test", seed=3, mode="full", device="cpu")
+    model = nn.Linear(10, 2)  # 22 parameters
+    entry = run.report(_history([98.0, 99.1, 99.0]), eva.Target(test_acc=99.0, params=100), model, reference="seed X")
+    lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0]) == entry
+    for key in ("notebook", "mode", "started", "device", "seed", "epochs", "params", "wall_s", "git_sha", "metrics",
+                "target", "passed"):
+        assert key in entry, key
+    assert entry["notebook"] == "99_test" and entry["mode"] == "full" and entry["seed"] == 3
+    assert entry["params"] == 22 and entry["epochs"] == 3 and entry["wall_s"] == 6.0 and entry["passed"] is True
+    m = entry["metrics"]
+    assert m["test_acc"] == [98.0, 99.1, 99.0] and m["train_acc"] == [90.0] * 3
+    assert m["best_test_acc"] == 99.1 and m["best_epoch"] == 2 and m["final_test_acc"] == 99.0
+    out = capsys.readouterr().out
+    assert "best test acc     99.10 %  (epoch 2)" in out and "TARGET MET" in out and "SMOKE" not in out
+    assert not (tmp_path / "smoke").exists()
+
+
+def test_smoke_report_is_labelled_and_stays_out_of_the_committed_ledger(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EVA_RESULTS_DIR", str(tmp_path))
+    run = eva.Run("99_test", mode="smoke")
+    run.report(_history([50.0]), eva.Target(test_acc=99.0), nn.Linear(2, 2))
+    assert not (tmp_path / "ledger.jsonl").exists() and (tmp_path / "smoke" / "ledger.jsonl").exists()
+    out = capsys.readouterr().out
+    assert "SMOKE RUN" in out and "NOT results" in out and "TARGET MISSED (smoke: meaningless)" in out
+
+
+def test_smoke_mode_forces_one_epoch_and_the_cpu(monkeypatch):
+    run = eva.Run("99_test", mode="smoke")
+    assert run.epochs(15) == 1 and run.device.type == "cpu"
+    monkeypatch.setenv("EVA_MODE", "full")
+    assert eva.Run("99_test").epochs(15) == 15
+    with pytest.raises(ValueError, match="smoke"):
+        eva.Run("99_test", mode="fast")
+
+
+def test_markdown_table_uses_the_latest_full_entry_per_notebook():
+    def entry(nb, acc, mode="full", label=""):
+        return {"notebook": nb, "label": label, "mode": mode, "params": 10_790, "epochs": 15, "wall_s": 600.0,
+                "device": "cpu", "passed": acc >= 99, "target": {"test_acc": 99.0}, "reference": "",
+                "metrics": {"best_test_acc": acc, "best_epoch": 15, "best_train_acc": 99.1, "last3_min_test_acc": acc}}
+    table = results.markdown_table([entry("03_a", 98.0), entry("03_a", 99.2), entry("03_a", 10.0, mode="smoke"),
+                                    entry("01_b", 99.3)])
+    rows = table.splitlines()[2:]
+    assert len(rows) == 2 and rows[0].startswith("| [01_b]") and "99.20 (15)" in rows[1] and "10.00" not in table
+
+
+def test_readme_results_table_is_not_stale():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(results.TABLE_START, 1)[1].split(results.TABLE_END, 1)[0].strip()
+    expected = results.markdown_table(results.read_ledger(ROOT / "results" / "ledger.jsonl")).strip()
+    assert block == expected, "README results table is stale: run `eva results --update-readme`"
+
+
+def test_committed_ledger_holds_full_runs_only():
+    for e in results.read_ledger(ROOT / "results" / "ledger.jsonl"):
+        assert e["mode"] == "full" and e["metrics"]["test_acc"] and e["git_sha"], e["notebook"]
+
+
+def test_cli_refuses_mode_parameter_and_missing_notebooks(tmp_path):
+    with pytest.raises(SystemExit, match="--smoke or --full"):
+        cli.main(["run", "x.ipynb", "-p", "MODE", "full"])
+    with pytest.raises(SystemExit, match="no such notebook"):
+        cli.main(["run", str(tmp_path / "missing.ipynb")])
+    assert cli._value("0.01") == 0.01 and cli._value("True") is True and cli._value("adam") == "adam"
+
+
+def test_cli_smoke_run_executes_a_notebook_without_touching_it(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    param = nbformat.v4.new_code_cell("X = 1")
+    param.metadata["tags"] = ["parameters"]
+    nb.cells = [param, nbformat.v4.new_code_cell("import os\nprint(os.environ['EVA_MODE'], X * 2)")]
+    path = tmp_path / "t.ipynb"
+    nbformat.write(nb, path)
+    before = path.read_text()
+    assert cli.main(["run", str(path), "--smoke", "-p", "X", "21", "--output-dir", str(tmp_path / "out")]) == 0
+    assert path.read_text() == before
+    executed = nbformat.read(tmp_path / "out" / "t.ipynb", as_version=4)
+    assert executed.cells[-1].outputs[0]["text"].strip() == "smoke 42"
