@@ -161,7 +161,7 @@ def _take(dataset_or_loader, n: int):
     else:
         for i in range(min(n, len(dataset_or_loader))):
             x, y = dataset_or_loader[i][:2]
-            images.append(torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x)
+            images.append(x if isinstance(x, torch.Tensor) else np.asarray(x))  # numpy/PIL: (H, W, C)
             labels.append(int(y))
     return images, labels
 
