@@ -1,0 +1,4 @@
+"""Networks shared by several notebooks (the model under study in a single notebook lives in that notebook)."""
+from .resnet import CustomResNet, ResBlock, conv_bn_relu
+
+__all__ = ["CustomResNet", "ResBlock", "conv_bn_relu"]
