@@ -4,6 +4,8 @@
         Execute notebooks with papermill. ``--full`` (the real course run) writes the executed
         notebook in place, so its outputs become the committed ones, and adds ledger entries.
         ``--smoke`` (the default) writes to build/smoke/ and leaves the notebook untouched.
+    eva evaluate MODEL.pt2 [--dataset mnist|cifar10]
+        Test accuracy of a model saved with ``eva_utils.export.save_for_evaluation`` on the full, real test set.
     eva results [--markdown] [--update-readme] [--check]
         Show the results ledger; ``--markdown`` prints the README table generated from the
         latest full run of each notebook; ``--update-readme`` writes it into README.md;
@@ -62,6 +64,30 @@ def run_notebooks(paths, mode: str, parameters: dict, output_dir: Path | None = 
     return 1 if failures else 0
 
 
+def evaluate_saved(path: Path, dataset: str) -> int:
+    import torch
+
+    from . import augment, data, train
+
+    from .export import load_for_evaluation
+
+    if not path.is_file():
+        raise SystemExit(f"eva evaluate: no such file: {path}")
+    try:
+        model = load_for_evaluation(path)
+    except Exception as err:  # torch raises several types for a file that is not an exported program
+        raise SystemExit(f"eva evaluate: {path} is not a saved model ({type(err).__name__}); "
+                         "save one with eva_utils.export.save_for_evaluation(model, path, input_size)") from None
+    if dataset == "mnist":
+        test_set = data.mnist(train=False, transform=augment.mnist_test(), smoke=False)
+    else:
+        test_set = data.cifar10(train=False, transform=augment.cifar_test(), smoke=False)
+    loader = torch.utils.data.DataLoader(test_set, batch_size=500)
+    loss, acc = train.evaluate(model, loader, "cpu")
+    print(f"{path}: {dataset} test set, {len(test_set):,} images: accuracy {acc:.2f} %, loss {loss:.4f}")
+    return 0
+
+
 def show_results(markdown: bool, update: bool, check: bool) -> int:
     entries = results.read_ledger()
     table = results.markdown_table(entries)
@@ -102,6 +128,9 @@ def main(argv=None) -> int:
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override a value of the notebook's parameters cell")
     run.add_argument("--output-dir", type=Path, help="where smoke runs write executed notebooks (default build/smoke)")
+    ev = sub.add_parser("evaluate", help="test accuracy of a saved model on the real test set")
+    ev.add_argument("model", type=Path)
+    ev.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
     res = sub.add_parser("results", help="show the results ledger")
     res.add_argument("--markdown", action="store_true", help="print the README results table")
     res.add_argument("--update-readme", action="store_true", help="write the table into README.md")
@@ -110,6 +139,8 @@ def main(argv=None) -> int:
     if args.command == "run":
         params = {name: _value(value) for name, value in args.parameter}
         return run_notebooks(args.notebooks, args.mode or "smoke", params, args.output_dir)
+    if args.command == "evaluate":
+        return evaluate_saved(args.model, args.dataset)
     return show_results(args.markdown, args.update_readme, args.check)
 
 

@@ -124,8 +124,11 @@ class Run:
                 f"seed {self.seed} | torch {torch.__version__}")
 
     def report(self, history, target: Target, model=None, params: int | None = None, label: str = "",
-               reference: str = "", extra: dict | None = None) -> dict:
-        """Print the Result block (measured vs target) and append the run to the ledger. Returns the entry."""
+               reference: str = "", extra: dict | None = None, seed: int | None = None) -> dict:
+        """Print the Result block (measured vs target) and append the run to the ledger. Returns the entry.
+
+        ``seed``: the seed of this training run, when a notebook trains with several seeds.
+        """
         from .summary import count_params
 
         params = count_params(model) if params is None else params
@@ -135,7 +138,8 @@ class Run:
         sha, dirty = git_state()
         entry = {
             "notebook": self.notebook, "label": label, "mode": self.mode, "started": self.started,
-            "device": history.device or config.device_name(self.device), "seed": self.seed,
+            "device": history.device or config.device_name(self.device),
+            "seed": self.seed if seed is None else seed,
             "epochs": history.epochs, "params": params, "wall_s": round(history.wall_s, 1),
             "git_sha": sha, "git_dirty": dirty, "torch": torch.__version__, "host": platform.node(),
             "metrics": {

@@ -124,11 +124,18 @@ def _progress_enabled() -> bool:
     return os.environ.get("EVA_PROGRESS", "1") != "0"
 
 
+def _set_training(model, mode: bool) -> None:
+    try:
+        model.train(mode)
+    except NotImplementedError:  # an exported program stays in the mode it was exported in (eval)
+        pass
+
+
 def evaluate(model, loader, device=None, criterion=F.cross_entropy) -> tuple[float, float]:
     """Mean loss and accuracy (percent) of ``model`` on ``loader``, without gradients."""
-    device = torch.device(device or next(model.parameters()).device)
+    device = torch.device(device or next(iter(model.parameters())).device)
     was_training = model.training
-    model.eval()
+    _set_training(model, False)
     loss_sum, correct, seen = 0.0, 0, 0
     with torch.no_grad():
         for x, y in loader:
@@ -137,7 +144,7 @@ def evaluate(model, loader, device=None, criterion=F.cross_entropy) -> tuple[flo
             loss_sum += criterion(out.float(), y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
             seen += len(y)
-    model.train(was_training)
+    _set_training(model, was_training)
     return loss_sum / seen, 100.0 * correct / seen
 
 

@@ -49,6 +49,8 @@ def test_full_report_writes_one_complete_ledger_line(tmp_path, monkeypatch, caps
 def test_smoke_report_is_labelled_and_stays_out_of_the_committed_ledger(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EVA_RESULTS_DIR", str(tmp_path))
     run = eva.Run("99_test", mode="smoke")
+    entry = run.report(_history([50.0]), eva.Target(test_acc=99.0), nn.Linear(2, 2), seed=5)
+    assert entry["seed"] == 5 and "| seed 5 |" in capsys.readouterr().out  # a run trained with another seed
     run.report(_history([50.0]), eva.Target(test_acc=99.0), nn.Linear(2, 2))
     assert not (tmp_path / "ledger.jsonl").exists() and (tmp_path / "smoke" / "ledger.jsonl").exists()
     out = capsys.readouterr().out
@@ -110,3 +112,25 @@ def test_cli_smoke_run_executes_a_notebook_without_touching_it(tmp_path):
     assert path.read_text() == before
     executed = nbformat.read(tmp_path / "out" / "t.ipynb", as_version=4)
     assert executed.cells[-1].outputs[0]["text"].strip() == "smoke 42"
+
+
+def test_cli_evaluate_scores_a_saved_model_on_the_real_test_set(tmp_path, capsys):
+    import os
+
+    import torch
+
+    if not (eva.config.data_dir() / "MNIST" / "raw").is_dir() and not os.environ.get("CI"):
+        pytest.skip("EVA_DATA_DIR has no MNIST copy")
+    # a "model" that always answers 1: its accuracy is exactly the share of ones in the test set (1135 / 10000)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.arange(10) == 1)
+    from eva_utils.export import save_for_evaluation
+
+    path = save_for_evaluation(model, tmp_path / "m.pt2", (1, 28, 28))
+    assert cli.main(["evaluate", str(path)]) == 0
+    assert "10,000 images: accuracy 11.35 %" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not a saved model"):
+        (tmp_path / "bad.pt").write_bytes(b"not a model")
+        cli.main(["evaluate", str(tmp_path / "bad.pt")])
