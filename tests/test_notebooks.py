@@ -24,6 +24,7 @@ PARAMS = {
     "08_voila": 13_828,
     "09_augmentation": 13_828,
     "10_lr_schedule": 13_828,
+    "11_assignment": 7_552,  # the assignment: < 8,000
 }
 SEED_PARAMS = {"01": 6_379_786, "02": 194_000, "03": 10_700, "04": 10_900, "05": 10_900, "06": 6_000,
                "07": 11_900, "08": 13_800, "09": 13_800, "10": 13_800}
@@ -66,8 +67,11 @@ def test_structure(path):
 def test_model_parameter_count(path):
     count = sum(p.numel() for p in _model(_read(path)).parameters() if p.requires_grad)
     assert count == PARAMS[path.stem]
-    seed = SEED_PARAMS[path.stem[:2]]
-    assert abs(count - seed) <= 0.05 * seed, f"{count:,} is not within 5 % of the seed's {seed:,}"
+    if path.stem[:2] in SEED_PARAMS:
+        seed = SEED_PARAMS[path.stem[:2]]
+        assert abs(count - seed) <= 0.05 * seed, f"{count:,} is not within 5 % of the seed's {seed:,}"
+    if path.stem == "11_assignment":
+        assert count < 8_000
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
