@@ -35,9 +35,12 @@ def _read(path):
 
 
 def _model(nb):
-    """Instantiate the ``Net`` defined in the notebook (the cell that defines it, up to ``model = Net()``)."""
+    """Instantiate the ``Net`` defined in the notebook (the cell that defines it, up to ``model = Net()``),
+    after the parameters cell, whose values the model may use (e.g. ``DROPOUT``)."""
+    params = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell = next(c.source for c in nb.cells if c.cell_type == "code" and "class Net" in c.source)
     namespace = {"nn": nn, "F": F, "torch": torch}
+    exec(params, namespace)
     exec(cell.split("model = Net()")[0], namespace)
     return namespace["Net"]()
 
