@@ -17,8 +17,9 @@ synthetic stand-in in smoke mode, and it says so loudly.
 """
 from __future__ import annotations
 
-import shutil
+import functools
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,7 +156,9 @@ def mnist(train: bool = True, transform=None, smoke=None) -> ArrayDataset:
 
 
 # --------------------------------------------------------------------------- CIFAR
+@functools.lru_cache(maxsize=4)
 def _load_npz(path: Path, train: bool):
+    """Decompress one split once per process (CIFAR-10's train split alone is 150 MB)."""
     with np.load(path, allow_pickle=False) as z:
         x, y = (z["x_train"], z["y_train"]) if train else (z["x_test"], z["y_test"])
         classes = tuple(str(c) for c in z["classes"]) if "classes" in z.files else None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,7 +88,7 @@ def find_lr(
     smooth_f: float = 0.05,
     diverge_th: float = 5,
     val_loader=None,
-    progress: bool = True,
+    progress: bool | None = None,
     verbose: bool = True,
 ) -> LRResult:
     """Run an LR range test and return what it found (see the module docstring).
@@ -105,7 +106,8 @@ def find_lr(
     ``skip_start + skip_end + 2``.
 
     ``plot=True`` shows loss vs lr (log scale) with both suggestions marked.
-    ``progress=False`` hides torch-lr-finder's tqdm bar; ``verbose=False``
+    ``progress=False`` hides torch-lr-finder's tqdm bar (``None``: shown unless
+    ``EVA_PROGRESS=0``, as ``eva run`` sets); ``verbose=False``
     prints nothing.  Model weights, optimizer state (lr, momentum buffers...)
     and training flags are restored afterwards, even on error or interrupt.
     Note: torch-lr-finder refuses an optimizer that already has an lr
@@ -134,6 +136,8 @@ def find_lr(
     library_output = io.StringIO()
     saved_tqdm = _lrf_module.tqdm
     try:
+        if progress is None:
+            progress = os.environ.get("EVA_PROGRESS", "1") != "0"
         if not progress:
             _lrf_module.tqdm = functools.partial(saved_tqdm, disable=True)
         # torch-lr-finder prints its own messages (one with a literal
