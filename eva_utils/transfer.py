@@ -150,12 +150,13 @@ def freeze_backbone(model: nn.Module, head: str = "fc") -> int:
 def param_groups(model: nn.Module, lr: float, backbone_factor: float = 0.1, head: str = "fc") -> list[dict]:
     """Discriminative learning rates: ``lr`` for the new head, ``lr * backbone_factor`` for the pretrained rest.
 
-    Pass the result to an optimiser; ``OneCycleLR(max_lr=[g["lr"] for g in groups])`` keeps the ratio.
+    Two parameter groups, the head first (so a training log showing the first group's rate shows the head's).
+    Pass them to an optimiser; ``OneCycleLR(max_lr=[g["lr"] for g in groups])`` keeps the ratio.
     """
     head_ids = {id(p) for p in getattr(model, head).parameters()}
-    body = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
     top = [p for p in model.parameters() if id(p) in head_ids and p.requires_grad]
-    return [{"params": body, "lr": lr * backbone_factor, "name": "backbone"}, {"params": top, "lr": lr, "name": "head"}]
+    body = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
+    return [{"params": top, "lr": lr, "name": "head"}, {"params": body, "lr": lr * backbone_factor, "name": "backbone"}]
 
 
 # --------------------------------------------------------------------------- pipelines

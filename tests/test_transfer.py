@@ -95,8 +95,9 @@ def test_freeze_backbone_trains_only_the_head():
 def test_param_groups_discriminative_lr():
     model = transfer.pretrained("resnet18", 100, weights=None)
     groups = transfer.param_groups(model, 1e-3, backbone_factor=0.1)
-    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3])
-    assert sum(p.numel() for p in groups[1]["params"]) == 51_300
+    assert [g["name"] for g in groups] == ["head", "backbone"]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-4])
+    assert sum(p.numel() for p in groups[0]["params"]) == 51_300
     assert sum(p.numel() for g in groups for p in g["params"]) == 11_227_812
 
 
