@@ -6,7 +6,7 @@
     history = eva.fit(model, train_loader, test_loader, optimizer, epochs=run.epochs(15))
     run.report(history, eva.Target(test_acc=99.0), model)  # Result block + ledger line
 """
-from . import augment, config, export
+from . import augment, config, export, fastdata, speedrun, transfer, tricks
 from .config import get_device, loader_settings, seed_everything
 from .data import DataNotFoundError, cifar10, cifar100, loaders, mnist
 from .lr_finder import find_lr

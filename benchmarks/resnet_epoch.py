@@ -1,0 +1,44 @@
+"""CIFAR-10 epoch time of notebook 14's CustomResNet (6,573,130 parameters): where does the time go?
+
+    python benchmarks/resnet_epoch.py [--device cpu|cuda] [--batch-size B] [--batches N] [--repeats R]
+
+Three ways to feed the same float32 training step (see _common.py for how it is measured):
+
+* albumentations DataLoader — ``eva.augment.cifar_train()`` (pad 4 + random crop, flip, 8×8 cutout)
+  per image on the CPU + ``eva.loaders`` (2 workers on a GPU, none on the CPU);
+* on-device (fastdata) — the 50,000 images on the device as uint8, crop/flip/cutout per batch there;
+* compute only — 4 batches made once and reused: the floor.
+
+On a CPU the net costs seconds per batch, so the defaults are small (batch 32, 2 batches, 3 repeats)
+and the epoch time is extrapolated to 50,000 images.
+"""
+from itertools import cycle, islice
+
+import torch
+
+from _common import Variant, endless, eva, measure, options, table
+from eva_utils import fastdata
+from eva_utils.models import CustomResNet
+
+
+def main():
+    args = options(__doc__.splitlines()[0], batch_size=512, cpu_batch_size=32, batches=30, cpu_batches=2,
+                   cpu_repeats=3)
+    eva.seed_everything(0)
+    train = eva.cifar10(train=True, transform=eva.augment.cifar_train(), smoke=False)
+    test = eva.cifar10(train=False, transform=eva.augment.cifar_test(), smoke=False)
+    albu, _ = eva.loaders(train, test, args.batch_size, args.device)
+    fast, _ = fastdata.loaders(train, test, args.batch_size, args.device, preset="cifar10")
+    premade = list(islice(fast, 4))
+    variants = [Variant("albumentations DataLoader", lambda: endless(albu)),
+                Variant("on-device (fastdata)", lambda: endless(fast)),
+                Variant("compute only (pre-made batches)", lambda: cycle(premade))]
+    model = CustomResNet().to(args.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    measure(variants, model, optimizer, args.device, args.batches, args.repeats, args.warmup)
+    print(table(f"CIFAR-10 epoch, CustomResNet ({eva.count_params(model):,} params), float32", variants, len(albu),
+                args))
+
+
+if __name__ == "__main__":
+    main()
