@@ -21,6 +21,7 @@ import argparse
 import statistics
 import sys
 import time
+from itertools import cycle
 from pathlib import Path
 
 import torch
@@ -90,6 +91,13 @@ def train_step(model, optimizer, x, y, device):
     loss = torch.nn.functional.cross_entropy(model(x), y)
     loss.backward()
     optimizer.step()
+
+
+def three_variants(albu, fast, premade) -> list:
+    """The three ways of feeding the same model: albumentations DataLoader, on-device path, pre-made batches."""
+    return [Variant("albumentations DataLoader", lambda: endless(albu)),
+            Variant("on-device (fastdata)", lambda: endless(fast)),
+            Variant("compute only (pre-made batches)", lambda: cycle(premade))]
 
 
 def measure(variants, model, optimizer, device, batches: int, repeats: int, warmup: int):

@@ -12,11 +12,11 @@ Three ways to feed the same training step (see _common.py for how it is measured
 
 The net is read from notebooks/09_augmentation.ipynb, not copied. Data: ``$EVA_DATA_DIR``.
 """
-from itertools import cycle, islice
+from itertools import islice
 
 import torch
 
-from _common import ROOT, Variant, endless, eva, load_notebook_net, measure, options, table
+from _common import ROOT, eva, load_notebook_net, measure, options, table, three_variants
 from eva_utils import fastdata
 
 
@@ -29,9 +29,7 @@ def main():
     albu, _ = eva.loaders(train, test, args.batch_size, args.device)
     fast, _ = fastdata.loaders(train, test, args.batch_size, args.device, preset="mnist")
     premade = list(islice(fast, 8))
-    variants = [Variant("albumentations DataLoader", lambda: endless(albu)),
-                Variant("on-device (fastdata)", lambda: endless(fast)),
-                Variant("compute only (pre-made batches)", lambda: cycle(premade))]
+    variants = three_variants(albu, fast, premade)
     model = Net().to(args.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     measure(variants, model, optimizer, args.device, args.batches, args.repeats, args.warmup)

@@ -12,11 +12,11 @@ Three ways to feed the same float32 training step (see _common.py for how it is 
 On a CPU the net costs seconds per batch, so the defaults are small (batch 32, 2 batches, 3 repeats)
 and the epoch time is extrapolated to 50,000 images.
 """
-from itertools import cycle, islice
+from itertools import islice
 
 import torch
 
-from _common import Variant, endless, eva, measure, options, table
+from _common import eva, measure, options, table, three_variants
 from eva_utils import fastdata
 from eva_utils.models import CustomResNet
 
@@ -30,9 +30,7 @@ def main():
     albu, _ = eva.loaders(train, test, args.batch_size, args.device)
     fast, _ = fastdata.loaders(train, test, args.batch_size, args.device, preset="cifar10")
     premade = list(islice(fast, 4))
-    variants = [Variant("albumentations DataLoader", lambda: endless(albu)),
-                Variant("on-device (fastdata)", lambda: endless(fast)),
-                Variant("compute only (pre-made batches)", lambda: cycle(premade))]
+    variants = three_variants(albu, fast, premade)
     model = CustomResNet().to(args.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     measure(variants, model, optimizer, args.device, args.batches, args.repeats, args.warmup)

@@ -24,7 +24,7 @@ import torch
 from . import augment, config, fastdata, tricks
 from .data import loaders as dataloaders
 from .models.fast_resnet import FastResNet
-from .train import History, TrainingDiverged
+from .train import History, TrainingDiverged, backward_step
 
 
 @dataclass(frozen=True)
@@ -274,13 +274,7 @@ def _train_epoch(model, loader, optimizer, schedule, epoch, steps, recipe, devic
             out = model(x)
         loss = tricks.smooth_cross_entropy(out, y, recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_step(loss, optimizer, scaler)
         if ema is not None:
             ema.update(model)
         loss_sum += loss.detach() * len(y)

@@ -159,6 +159,18 @@ def _check_loss(loss_sum: torch.Tensor, batches: int, first: float | None, epoch
     return mean
 
 
+def backward_step(loss, optimizer, scaler=None) -> None:
+    """Backward pass and optimiser step; with a GradScaler (float16 AMP) the loss is scaled first so that
+    small gradients do not underflow, and the step is skipped if any gradient overflowed."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def fit(model, train_loader, test_loader, optimizer, epochs: int, scheduler=None, scheduler_step: str = "epoch",
         criterion=F.cross_entropy, device=None, amp: bool = False, checkpoint=None, resume: bool = False,
         diverge_factor: float = 100.0, on_epoch_end=None, verbose: bool = True) -> History:
@@ -209,13 +221,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs: int, scheduler=None
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
                 out = model(x)
                 loss = criterion(out.float(), y)
-            if use_amp:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            backward_step(loss, optimizer, scaler)
             if scheduler is not None and scheduler_step == "batch":
                 scheduler.step()
             loss_sum += loss.detach() * len(y)
