@@ -85,6 +85,14 @@ class ArrayDataset(Dataset):
         copy.reseed(self._seed)
         return copy
 
+    def sample(self, n: int, seed: int = 0) -> "ArrayDataset":
+        """A fixed random sample of ``n`` images (in dataset order), e.g. a notebook's extra-small smoke set."""
+        keep = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        copy = ArrayDataset(self.images[keep], self.labels[keep], self.transform, self.classes,
+                            name=f"{self.name} ({len(keep)} sampled)")
+        copy.reseed(self._seed)
+        return copy
+
     def __repr__(self) -> str:
         shape = "×".join(str(s) for s in self.images.shape[1:])
         return f"{self.name or 'ArrayDataset'}: {len(self)} images of {shape}, {len(np.unique(self.labels))} classes"

@@ -95,3 +95,13 @@ def test_loader_settings_follow_the_device():
     gpu = data.config.loader_settings("cuda")
     assert cpu == {"num_workers": 0, "pin_memory": False}
     assert gpu["pin_memory"] is True and gpu["num_workers"] >= 1
+
+
+def test_sample_is_fixed_sorted_and_a_real_subset():
+    images = np.arange(20 * 4, dtype=np.uint8).reshape(20, 2, 2)
+    ds = data.ArrayDataset(images, np.arange(20) % 5, name="toy")
+    a, b, c = ds.sample(6), ds.sample(6), ds.sample(6, seed=1)
+    assert len(a) == 6 and np.array_equal(a.images, b.images) and not np.array_equal(a.images, c.images)
+    rows = [int(img[0, 0]) // 4 for img in a.images]
+    assert rows == sorted(rows) and len(set(rows)) == 6
+    assert np.array_equal(a.labels, np.array(rows) % 5) and "6 sampled" in a.name
