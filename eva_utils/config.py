@@ -112,6 +112,12 @@ def loader_settings(device: torch.device, batch_size: int | None = None) -> dict
     cores from the computation, so the data is prepared in the main process.
     Workers are not persistent: they are re-created each epoch so they pick up the
     augmentation seed of that epoch (see ``data.ArrayDataset.reseed``).
+
+    The *training* batch size is deliberately not chosen here: it changes the
+    optimisation (the number of steps, the noise of each gradient), so a notebook
+    keeps its ``BATCH_SIZE`` on every device and a CPU run and a Colab GPU run of it
+    are the same experiment. Only the evaluation batch, which changes no number, grows
+    with the device (``eval_batch_size``).
     """
     device = torch.device(device)
     on_gpu = device.type == "cuda"
@@ -122,3 +128,13 @@ def loader_settings(device: torch.device, batch_size: int | None = None) -> dict
     if batch_size is not None:
         settings["batch_size"] = batch_size
     return settings
+
+
+def eval_batch_size(device, train_batch_size: int) -> int:
+    """Batch size for evaluation: at least the training batch, 1024 on a GPU, 256 elsewhere.
+
+    Evaluation keeps no gradients and BN uses its running statistics, so the batch size
+    changes only the speed: a GPU is kept busy by larger batches, a CPU gains nothing
+    from them but memory use.
+    """
+    return max(train_batch_size, 1024 if torch.device(device).type == "cuda" else 256)

@@ -258,5 +258,6 @@ def loaders(train_set: Dataset, test_set: Dataset, batch_size: int, device=None,
     device = device or config.get_device()
     settings = config.loader_settings(device)
     train = DataLoader(train_set, batch_size=batch_size, shuffle=True, worker_init_fn=_seed_worker, **settings)
-    test = DataLoader(test_set, batch_size=test_batch_size or max(batch_size, 256), shuffle=False, **settings)
+    test = DataLoader(test_set, batch_size=test_batch_size or config.eval_batch_size(device, batch_size),
+                      shuffle=False, **settings)
     return train, test

@@ -359,7 +359,7 @@ def loaders(train_set, test_set, batch_size: int, device=None, preset: str = "ci
                          batch_size=batch_size, shuffle=True, drop_last=drop_last)
     test = DeviceLoader(DeviceDataset(test_set.images, test_set.labels, augment=None, seed=0,
                                       classes=test_set.classes, name=test_set.name, **common),
-                        batch_size=test_batch_size or max(batch_size, 256), shuffle=False)
+                        batch_size=test_batch_size or config.eval_batch_size(device, batch_size), shuffle=False)
     return train, test
 
 

@@ -97,6 +97,15 @@ def test_loader_settings_follow_the_device():
     assert gpu["pin_memory"] is True and gpu["num_workers"] >= 1
 
 
+def test_only_the_evaluation_batch_follows_the_device():
+    images = np.zeros((10, 2, 2), dtype=np.uint8)
+    ds = data.ArrayDataset(images, np.arange(10) % 2, name="toy")
+    train, test = data.loaders(ds, ds, 64, device="cpu")
+    assert (train.batch_size, test.batch_size) == (64, 256)
+    assert data.config.eval_batch_size("cuda", 64) == 1024 and data.config.eval_batch_size("cuda", 2048) == 2048
+    assert data.config.eval_batch_size("cpu", 512) == 512
+
+
 def test_sample_is_fixed_sorted_and_a_real_subset():
     images = np.arange(20 * 4, dtype=np.uint8).reshape(20, 2, 2)
     ds = data.ArrayDataset(images, np.arange(20) % 5, name="toy")
