@@ -21,7 +21,7 @@ import argparse
 import statistics
 import sys
 import time
-from itertools import cycle
+from itertools import cycle, islice
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 
 import eva_utils as eva  # noqa: E402
-from eva_utils import config  # noqa: E402
+from eva_utils import config, fastdata  # noqa: E402
 
 
 def options(description: str, batch_size: int, cpu_batch_size: int, batches: int, cpu_batches: int,
@@ -93,11 +93,18 @@ def train_step(model, optimizer, x, y, device):
     optimizer.step()
 
 
-def three_variants(albu, fast, premade) -> list:
-    """The three ways of feeding the same model: albumentations DataLoader, on-device path, pre-made batches."""
+def three_variants(train, test, args, preset: str, premade: int) -> tuple[list, int]:
+    """The three ways of feeding the same model, and the number of batches in an epoch.
+
+    albumentations DataLoader, the on-device ``fastdata`` path (same augmentation), and ``premade``
+    batches made once by the fast path and replayed: the compute-only floor.
+    """
+    albu, _ = eva.loaders(train, test, args.batch_size, args.device)
+    fast, _ = fastdata.loaders(train, test, args.batch_size, args.device, preset=preset)
+    made = list(islice(fast, premade))
     return [Variant("albumentations DataLoader", lambda: endless(albu)),
             Variant("on-device (fastdata)", lambda: endless(fast)),
-            Variant("compute only (pre-made batches)", lambda: cycle(premade))]
+            Variant("compute only (pre-made batches)", lambda: cycle(made))], len(albu)
 
 
 def measure(variants, model, optimizer, device, batches: int, repeats: int, warmup: int):

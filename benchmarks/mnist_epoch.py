@@ -12,12 +12,9 @@ Three ways to feed the same training step (see _common.py for how it is measured
 
 The net is read from notebooks/09_augmentation.ipynb, not copied. Data: ``$EVA_DATA_DIR``.
 """
-from itertools import islice
-
 import torch
 
 from _common import ROOT, eva, load_notebook_net, measure, options, table, three_variants
-from eva_utils import fastdata
 
 
 def main():
@@ -26,14 +23,11 @@ def main():
     Net = load_notebook_net(ROOT / "notebooks" / "09_augmentation.ipynb")
     train = eva.mnist(train=True, transform=eva.augment.mnist_train(rotate=7.0), smoke=False)
     test = eva.mnist(train=False, transform=eva.augment.mnist_test(), smoke=False)
-    albu, _ = eva.loaders(train, test, args.batch_size, args.device)
-    fast, _ = fastdata.loaders(train, test, args.batch_size, args.device, preset="mnist")
-    premade = list(islice(fast, 8))
-    variants = three_variants(albu, fast, premade)
+    variants, epoch_batches = three_variants(train, test, args, preset="mnist", premade=8)
     model = Net().to(args.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     measure(variants, model, optimizer, args.device, args.batches, args.repeats, args.warmup)
-    print(table(f"MNIST epoch, Code9 net ({eva.count_params(model):,} params), rotation ±7°", variants, len(albu),
+    print(table(f"MNIST epoch, Code9 net ({eva.count_params(model):,} params), rotation ±7°", variants, epoch_batches,
                 args))
 
 

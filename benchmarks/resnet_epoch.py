@@ -12,12 +12,9 @@ Three ways to feed the same float32 training step (see _common.py for how it is 
 On a CPU the net costs seconds per batch, so the defaults are small (batch 32, 2 batches, 3 repeats)
 and the epoch time is extrapolated to 50,000 images.
 """
-from itertools import islice
-
 import torch
 
 from _common import eva, measure, options, table, three_variants
-from eva_utils import fastdata
 from eva_utils.models import CustomResNet
 
 
@@ -27,14 +24,11 @@ def main():
     eva.seed_everything(0)
     train = eva.cifar10(train=True, transform=eva.augment.cifar_train(), smoke=False)
     test = eva.cifar10(train=False, transform=eva.augment.cifar_test(), smoke=False)
-    albu, _ = eva.loaders(train, test, args.batch_size, args.device)
-    fast, _ = fastdata.loaders(train, test, args.batch_size, args.device, preset="cifar10")
-    premade = list(islice(fast, 4))
-    variants = three_variants(albu, fast, premade)
+    variants, epoch_batches = three_variants(train, test, args, preset="cifar10", premade=4)
     model = CustomResNet().to(args.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     measure(variants, model, optimizer, args.device, args.batches, args.repeats, args.warmup)
-    print(table(f"CIFAR-10 epoch, CustomResNet ({eva.count_params(model):,} params), float32", variants, len(albu),
+    print(table(f"CIFAR-10 epoch, CustomResNet ({eva.count_params(model):,} params), float32", variants, epoch_batches,
                 args))
 
 
