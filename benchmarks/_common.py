@@ -67,11 +67,6 @@ def load_notebook_net(path: Path, name: str = "Net"):
     return namespace[name]
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Variant:
     """A named source of batches; ``batches()`` is a fresh (endless) iterator over (x, y) on any device."""
 
@@ -115,11 +110,11 @@ def measure(variants, model, optimizer, device, batches: int, repeats: int, warm
             it = iterators[v.name]
             for _ in range(warmup if repeat == 0 else 0):  # first iterations (allocations, workers) are slow
                 train_step(model, optimizer, *next(it), device)
-            _sync(device)
+            config.synchronize(device)
             w0, c0 = time.perf_counter(), time.process_time()
             for _ in range(batches):
                 train_step(model, optimizer, *next(it), device)
-            _sync(device)
+            config.synchronize(device)
             v.wall.append((time.perf_counter() - w0) / batches)
             v.cpu.append((time.process_time() - c0) / batches)
 
@@ -150,4 +145,5 @@ def table(title: str, variants, epoch_batches: int, args, note: str = "") -> str
     return "\n".join(lines)
 
 
-__all__ = ["ROOT", "Variant", "endless", "eva", "load_notebook_net", "measure", "options", "table"]
+__all__ = ["ROOT", "Variant", "endless", "eva", "load_notebook_net", "measure", "options", "table",
+           "three_variants"]

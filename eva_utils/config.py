@@ -90,6 +90,16 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
+def synchronize(device) -> None:
+    """Wait until ``device`` has finished its queued work (CUDA calls return at once); a no-op elsewhere.
+
+    Read a clock only after this, or a GPU timing measures how fast the work was *queued*.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def seed_everything(seed: int) -> int:
     """Seed Python, NumPy and PyTorch (CPU and every GPU) so a run can be repeated.
 

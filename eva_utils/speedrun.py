@@ -25,6 +25,7 @@ from . import augment, config, fastdata, tricks
 from .data import loaders as dataloaders
 from .models.fast_resnet import FastResNet
 from .train import History, TrainingDiverged, backward_step
+from .train import evaluate as evaluate_model
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,6 @@ def for_smoke(recipe: Recipe) -> Recipe:
 # --------------------------------------------------------------------------- pieces of the run
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _loaders(recipe: Recipe, train_set, test_set, device, dtype):
     """The DataLoader pair of the baseline, or the on-device pair (training batches whole: drop_last)."""
     if not recipe.gpu_data:
@@ -153,20 +149,26 @@ def build_model(recipe: Recipe, whitening=None) -> FastResNet:
     return model
 
 
+class _AsTested(torch.nn.Module):
+    """``model`` as a speed run tests it: channels-last input, mixed precision, flip TTA if asked."""
+
+    def __init__(self, model, tta: bool, dtype, channels_last: bool):
+        super().__init__()
+        self.model, self.tta, self.dtype, self.channels_last = model, tta, dtype, channels_last
+
+    def forward(self, x):
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(x.device, self.dtype):
+            return tricks.tta_flip(self.model, x) if self.tta else self.model(x)
+
+
 def evaluate(model, loader, device, tta: bool = False, dtype=None, channels_last: bool = False):
-    """Test loss and accuracy (percent), with flip TTA if asked; mixed precision when ``dtype`` is given."""
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    with torch.no_grad(), _autocast(device, dtype):
-        for x, y in loader:
-            x, y = _to_device(x, y, device, channels_last)
-            out = tricks.tta_flip(model, x) if tta else model(x)
-            loss_sum += torch.nn.functional.cross_entropy(out.float(), y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-            seen += len(y)
-    return loss_sum.item() / seen, 100.0 * correct.item() / seen
+    """Test loss and accuracy (percent), with flip TTA if asked; mixed precision when ``dtype`` is given.
+
+    ``eva.train.evaluate`` does the counting; the model is only wrapped so that it sees its inputs as in training.
+    """
+    return evaluate_model(_AsTested(model, tta, dtype, channels_last).eval(), loader, device)  # leaves it in eval
 
 
 def _autocast(device, dtype):
@@ -212,7 +214,7 @@ def train(recipe: Recipe, train_set, test_set, device=None, seed: int = 1, targe
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # pick the fastest convolution algorithms once per shape
     dtype = tricks.amp_dtype(device) if recipe.amp else None
-    _sync(device)
+    config.synchronize(device)
     t0 = time.perf_counter()
     train_loader, test_loader = _loaders(recipe, train_set, test_set, device, dtype or torch.float32)
     whitening = whitening_filters(recipe, train_set, device) if recipe.whiten else None
@@ -223,7 +225,7 @@ def train(recipe: Recipe, train_set, test_set, device=None, seed: int = 1, targe
     optimizer = torch.optim.SGD(groups, lr=0.0, momentum=recipe.momentum, nesterov=True)
     ema = tricks.EMA(model, recipe.ema_momentum, recipe.ema_every) if recipe.ema_momentum else None
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    _sync(device)
+    config.synchronize(device)
     setup_s = time.perf_counter() - t0
 
     steps = len(train_loader) if max_batches is None else min(len(train_loader), max_batches)
@@ -233,11 +235,11 @@ def train(recipe: Recipe, train_set, test_set, device=None, seed: int = 1, targe
     for epoch in range(1, recipe.epochs + 1):
         if hasattr(train_loader.dataset, "reseed"):  # as eva.fit: a reproducible stream per epoch
             train_loader.dataset.reseed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
-        _sync(device)
+        config.synchronize(device)
         t_epoch = time.perf_counter()
         loss, acc, lr = _train_epoch(model, train_loader, optimizer, schedule, epoch, steps, recipe, device, dtype,
                                      scaler, ema)
-        _sync(device)
+        config.synchronize(device)
         seconds = time.perf_counter() - t_epoch
         if not math.isfinite(loss):
             raise TrainingDiverged(f"the training loss became {loss} in epoch {epoch} (peak lr {recipe.lr})")
