@@ -6,6 +6,12 @@
     history = eva.fit(model, train_loader, test_loader, optimizer, epochs=run.epochs(15))
     run.report(history, eva.Target(test_acc=99.0), model)  # Result block + ledger line
 """
+import os
+
+# albumentations looks for a newer version of itself over the network at import: offline that prints a warning
+# into every notebook, and a course run has no use for it.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 from . import augment, config, export, fastdata, speedrun, transfer, tricks
 from .config import get_device, loader_settings, seed_everything
 from .data import DataNotFoundError, cifar10, cifar100, loaders, mnist

@@ -1,9 +1,12 @@
 """The ``eva`` command.
 
     eva run NOTEBOOK... [--smoke | --full] [-p NAME VALUE]...
-        Execute notebooks with papermill. ``--full`` (the real course run) writes the executed
-        notebook in place, so its outputs become the committed ones, and adds ledger entries.
-        ``--smoke`` (the default) writes to build/smoke/ and leaves the notebook untouched.
+        Execute notebooks with papermill. ``--full`` (the real course run) executes into build/running/ and
+        replaces the notebook only when every cell succeeded, so its outputs become the committed ones, and
+        adds ledger entries; a failed or interrupted run leaves the notebook byte-identical and keeps the
+        executed copy in build/failed/. ``--smoke`` (the default) writes to build/smoke/.
+    eva colab NOTEBOOK...
+        Point the notebooks' Colab badges and install cells at the repository and release tag of pyproject.toml.
     eva evaluate MODEL.pt2 [--dataset mnist|cifar10]
         Test accuracy of a model saved with ``eva_utils.export.save_for_evaluation`` on the full, real test set.
     eva results [--markdown] [--update-readme] [--check]
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,23 +50,68 @@ def run_notebooks(paths, mode: str, parameters: dict, output_dir: Path | None = 
     root = results.project_root() or Path.cwd()
     failures = 0
     for nb in map(Path, paths):
-        if mode == "full":
-            out = nb
+        if mode == "full":  # executed into build/running/, moved over the notebook only if every cell succeeded
+            out = root / "build" / "running" / nb.name
         else:
             out = (output_dir or root / "build" / "smoke") / nb.name
-            out.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[{mode}] {nb} -> {out}", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[{mode}] {nb} -> {nb if mode == 'full' else out}", flush=True)
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(str(nb), str(out), parameters=parameters or None, cwd=str(nb.parent.resolve()),
                                 kernel_name="python3", progress_bar=False)
-        except pm.PapermillExecutionError as err:
+        except (Exception, KeyboardInterrupt) as err:
             failures += 1
-            print(f"FAILED {nb} in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
-                  f"  (the executed notebook with the error is at {out})", file=sys.stderr)
+            kept = _keep_failed(out, root) if mode == "full" else out
+            if isinstance(err, pm.PapermillExecutionError):
+                why = f"in cell {err.exec_count}: {err.ename}: {err.evalue}"
+            else:
+                why = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+            print(f"FAILED {nb} {why}\n  the executed copy is at {kept}"
+                  + (f"\n  {nb} is unchanged" if mode == "full" else ""), file=sys.stderr, flush=True)
+            if isinstance(err, KeyboardInterrupt):
+                return 130
             continue
+        if mode == "full":
+            shutil.move(str(out), str(nb))
         print(f"done {nb} in {time.perf_counter() - t0:.0f} s", flush=True)
     return 1 if failures else 0
+
+
+def _keep_failed(out: Path, root: Path) -> Path | None:
+    """Move a failed full run's executed copy to build/failed/ (the committed notebook stays untouched)."""
+    if not out.exists():
+        return None
+    failed = root / "build" / "failed" / out.name
+    failed.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(out, failed)
+    return failed
+
+
+def release() -> tuple[str, str]:
+    """(repository URL, release tag) from pyproject.toml, the one place that names them."""
+    text = ((results.project_root() or Path.cwd()) / "pyproject.toml").read_text()
+    url = re.search(r'^Repository\s*=\s*"([^"]+)"', text, re.M).group(1).rstrip("/")
+    return url, "v" + re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
+
+
+def colab_links(paths) -> int:
+    """Point each notebook's Colab badge and install cell at pyproject.toml's repository, at the release tag.
+
+    Run after bumping ``version`` (see the README's "Cutting a release"): a student who opens a notebook
+    from its badge then installs the package that produced its committed outputs, not whatever main holds.
+    """
+    url, tag = release()
+    slug = url.split("github.com/", 1)[-1]
+    for nb in map(Path, paths):
+        text = nb.read_text()
+        new = re.sub(r"colab\.research\.google\.com/github/[^/\s]+/[^/\s]+/blob/[^/\s]+/notebooks/[^)\s\\\"]+",
+                     f"colab.research.google.com/github/{slug}/blob/{tag}/notebooks/{nb.name}", text)
+        new = re.sub(r'git\+https://github\.com/[^"\\\s]+', f"git+{url}@{tag}", new)
+        if new != text:
+            nb.write_text(new)
+            print(f"{nb}: Colab links -> {slug}@{tag}")
+    return 0
 
 
 def evaluate_saved(path: Path, dataset: str) -> int:
@@ -84,7 +134,7 @@ def evaluate_saved(path: Path, dataset: str) -> int:
         test_set = data.cifar10(train=False, transform=augment.cifar_test(), smoke=False)
     loader = torch.utils.data.DataLoader(test_set, batch_size=500)
     loss, acc = train.evaluate(model, loader, "cpu")
-    print(f"{path}: {dataset} test set, {len(test_set):,} images: accuracy {acc:.2f} %, loss {loss:.4f}")
+    print(f"{config.shown_path(path)}: {dataset} test set, {len(test_set):,} images: accuracy {acc:.2f} %, loss {loss:.4f}")
     return 0
 
 
@@ -135,10 +185,14 @@ def main(argv=None) -> int:
     res.add_argument("--markdown", action="store_true", help="print the README results table")
     res.add_argument("--update-readme", action="store_true", help="write the table into README.md")
     res.add_argument("--check", action="store_true", help="fail if README.md's table is stale")
+    col = sub.add_parser("colab", help="point notebooks' Colab badge and install cell at the release tag")
+    col.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
     if args.command == "run":
         params = {name: _value(value) for name, value in args.parameter}
         return run_notebooks(args.notebooks, args.mode or "smoke", params, args.output_dir)
+    if args.command == "colab":
+        return colab_links(args.notebooks)
     if args.command == "evaluate":
         return evaluate_saved(args.model, args.dataset)
     return show_results(args.markdown, args.update_readme, args.check)

@@ -12,6 +12,7 @@ it explicitly. Data is read from ``EVA_DATA_DIR`` (default ``./data``).
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 from pathlib import Path
@@ -32,6 +33,34 @@ def mode(requested: str | None = None) -> str:
 
 def is_smoke(requested: str | None = None) -> bool:
     return mode(requested) == "smoke"
+
+
+def needs_gpu() -> bool:
+    """Whether the running notebook declared that it needs a GPU (``eva.start(..., needs_gpu=True)``)."""
+    return os.environ.get("EVA_NEEDS_GPU") == "1"
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second: the ledger's timestamps."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def shown_path(path) -> str:
+    """A path as printed in a notebook's outputs: relative to the repository, ``$EVA_DATA_DIR`` or ``~``.
+
+    Committed outputs must not carry one machine's absolute paths.
+    """
+    path = Path(path)
+    bases = [(project_root(), ""), (data_dir().resolve() if os.environ.get("EVA_DATA_DIR") else None, "$EVA_DATA_DIR/"),
+             (Path.home(), "~/")]
+    for base, prefix in bases:
+        if base is None:
+            continue
+        try:
+            return prefix + str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            pass
+    return str(path)
 
 
 def project_root(start: Path | None = None) -> Path | None:

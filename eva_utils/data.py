@@ -154,13 +154,17 @@ def mnist(train: bool = True, transform=None, smoke=None) -> ArrayDataset:
     try:
         ds = datasets.MNIST(str(root), train=train, download=True)
     except Exception as err:  # offline with no copy: one clear message, not a traceback soup
-        looked = ", ".join(str(root / "MNIST" / "raw" / f) for f in MNIST_FILES)
+        looked = ", ".join(config.shown_path(root / "MNIST" / "raw" / f) for f in MNIST_FILES)
         raise DataNotFoundError(
-            f"MNIST is not available. Looked for {looked} (EVA_DATA_DIR={os.environ.get('EVA_DATA_DIR', '<unset>')}) "
+            f"MNIST is not available. Looked for {looked}{_unset()} "
             f"and the download failed ({_reason(err)}). "
             "Set EVA_DATA_DIR to a folder containing MNIST/raw/*.gz, or run with internet access."
         ) from None
     return _finish("mnist", ds.data.numpy(), ds.targets.numpy(), MNIST_CLASSES, train, transform, smoke)
+
+
+def _unset() -> str:
+    return "" if os.environ.get("EVA_DATA_DIR") else " (EVA_DATA_DIR is not set)"
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -187,8 +191,8 @@ def _cifar(name: str, tv_class: str, train: bool, transform, smoke):
         ds = getattr(datasets, tv_class)(str(root), train=train, download=True)
     except Exception as err:
         raise DataNotFoundError(
-            f"{tv_class} is not available. Looked for {npz} and for torchvision's copy in {root} "
-            f"(EVA_DATA_DIR={os.environ.get('EVA_DATA_DIR', '<unset>')}); the download failed "
+            f"{tv_class} is not available. Looked for {config.shown_path(npz)} and for torchvision's copy in "
+            f"{config.shown_path(root)}{_unset()}; the download failed "
             f"({_reason(err)}). Set EVA_DATA_DIR to a folder containing {name}/{name}.npz, "
             "or run with internet access."
         ) from None

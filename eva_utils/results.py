@@ -11,7 +11,6 @@ is generated from the ledger (``eva results --markdown``), never typed by hand.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import platform
@@ -42,18 +41,32 @@ def ledger_path(mode: str) -> Path:
     return base / LEDGER if mode == "full" else base / "smoke" / LEDGER
 
 
-def git_state(root: Path | None = None) -> tuple[str | None, bool | None]:
-    """(commit sha, whether the package code differs from it) — None outside a git checkout."""
+def _code_cells(text: str) -> list[str]:
+    """The sources of a notebook's code cells: what ran, whatever the outputs are."""
+    return ["".join(c["source"]) for c in json.loads(text)["cells"] if c["cell_type"] == "code"]
+
+
+def git_state(notebook: str | None = None, root: Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit sha, whether the code differs from that commit) — None outside a git checkout.
+
+    The code is ``eva_utils/`` and, when ``notebook`` is named, that notebook's code cells (its outputs
+    change with every run, so they do not count). Read when a run *starts*: that is the code that ran.
+    """
     root = root or project_root()
     if root is None:
         return None, None
+    git = dict(cwd=root, capture_output=True, text=True, timeout=10)
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "eva_utils"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        return sha, bool(dirty) if sha else None
-    except (OSError, subprocess.SubprocessError):
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], **git).stdout.strip() or None
+        if sha is None:
+            return None, None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "eva_utils"], **git).stdout.strip())
+        path = f"notebooks/{notebook}.ipynb"
+        if notebook and (root / path).is_file():
+            committed = subprocess.run(["git", "show", f"HEAD:{path}"], **git)
+            dirty |= committed.returncode != 0 or _code_cells(committed.stdout) != _code_cells((root / path).read_text())
+        return sha, dirty
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
         return None, None
 
 
@@ -98,13 +111,15 @@ def _fmt_time(seconds: float) -> str:
 class Run:
     """One execution of a notebook: its name, mode, seed and device, and the clock."""
 
-    def __init__(self, notebook: str, seed: int = 1, mode: str | None = None, device=None):
+    def __init__(self, notebook: str, seed: int = 1, mode: str | None = None, device=None, needs_gpu: bool = False):
         self.notebook = notebook
         self.mode = config.mode(mode)
         os.environ["EVA_MODE"] = self.mode  # data loaders and get_device() follow the run's mode
+        os.environ["EVA_NEEDS_GPU"] = "1" if needs_gpu else "0"  # fit() stops a full CPU run of a GPU notebook
         self.seed = config.seed_everything(seed)
         self.device = config.get_device(device)
-        self.started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.started = config.now()
+        self.git_sha, self.git_dirty = git_state(notebook)  # the code as it is now, when the run starts
         self._t0 = time.perf_counter()
 
     @property
@@ -135,13 +150,13 @@ class Run:
         checks = target.check(history, params)
         passed = all(ok for _, _, ok in checks.values())
         k = min(3, history.epochs)
-        sha, dirty = git_state()
         entry = {
-            "notebook": self.notebook, "label": label, "mode": self.mode, "started": self.started,
+            "notebook": self.notebook, "label": label, "mode": self.mode,
+            "started": getattr(history, "started", "") or self.started,
             "device": history.device or config.device_name(self.device),
             "seed": self.seed if seed is None else seed,
             "epochs": history.epochs, "params": params, "wall_s": round(history.wall_s, 1),
-            "git_sha": sha, "git_dirty": dirty, "torch": torch.__version__, "host": platform.node(),
+            "git_sha": self.git_sha, "git_dirty": self.git_dirty, "torch": torch.__version__, "host": platform.node(),
             "metrics": {
                 "train_acc": [round(a, 2) for a in history.train_acc],
                 "test_acc": [round(a, 2) for a in history.test_acc],
@@ -191,13 +206,17 @@ class Run:
             req = f"{required:,}" if isinstance(required, int) else f"{required:.2f} %"
             lines.append(f"target {name:<30} {sign} {req:<10} measured {shown:<10} {'PASS' if ok else 'MISS'}")
         verdict = "TARGET MET" if entry["passed"] else "TARGET MISSED"
-        lines += [verdict + (" (smoke: meaningless)" if self.smoke else ""), f"ledger: {path}"]
+        lines += [verdict + (" (smoke: meaningless)" if self.smoke else ""), f"ledger: {config.shown_path(path)}"]
         return "\n".join(lines)
 
 
-def start(notebook: str, seed: int = 1, mode: str | None = None, device=None) -> Run:
-    """Begin a notebook's run: resolve the mode, seed everything, pick the device, print it all."""
-    run = Run(notebook, seed=seed, mode=mode, device=device)
+def start(notebook: str, seed: int = 1, mode: str | None = None, device=None, needs_gpu: bool = False) -> Run:
+    """Begin a notebook's run: resolve the mode, seed everything, pick the device, print it all.
+
+    ``needs_gpu=True`` (notebooks 12-15): a full run on a CPU stops at its first training step with the
+    measured time an epoch would take, instead of silently running for hours.
+    """
+    run = Run(notebook, seed=seed, mode=mode, device=device, needs_gpu=needs_gpu)
     print(run)
     return run
 
@@ -234,6 +253,7 @@ def markdown_table(entries: list[dict]) -> str:
     if not rows:
         return head + "\n| _no full run recorded yet_ |  |  |  |  |  |  |  |  |  |  |  |"
     out = [head]
+    dirty = False
     for e in rows:
         m, t = e["metrics"], e.get("target", {})
         target = []
@@ -244,12 +264,17 @@ def markdown_table(entries: list[dict]) -> str:
         if "epochs" in t:
             target.append(f"≤ {t['epochs']} ep")
         last = next((v for k, v in m.items() if k.startswith("last") and k.endswith("_min_test_acc")), None)
+        mark = " †" if e.get("git_dirty") else ""
+        dirty |= bool(mark)
         out.append(
-            f"| [{e['notebook']}](notebooks/{e['notebook']}.ipynb) | {e.get('label') or '-'} | {e['params']:,} | "
+            f"| [{e['notebook']}](notebooks/{e['notebook']}.ipynb){mark} | {e.get('label') or '-'} | {e['params']:,} | "
             f"{m['best_test_acc']:.2f} ({m['best_epoch']}) | {'-' if last is None else f'{last:.2f}'} | "
             f"{m['best_train_acc']:.2f} | {e['epochs']} | {', '.join(target) or '-'} | "
             f"{'yes' if e['passed'] else 'no'} | {e['device']} | {_fmt_time(e['wall_s'])} | {e.get('reference') or '-'} |"
         )
+    if dirty:
+        out.append("\n† started from a working tree whose `eva_utils/` or notebook code differed from its commit "
+                   "(`git_dirty` in the ledger): the code that ran is not exactly the recorded commit.")
     return "\n".join(out)
 
 

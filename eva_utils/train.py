@@ -17,6 +17,7 @@ Also here, because long runs get interrupted (Colab disconnects):
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -27,13 +28,48 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+try:  # notebook progress bars need ipywidgets; without it tqdm.auto prints a warning into every notebook
+    import ipywidgets  # noqa: F401
+    from tqdm.auto import tqdm
+except ImportError:
+    from tqdm.std import tqdm
 
 from . import config
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; the message says where and what to try."""
+
+
+class NeedsGPU(RuntimeError):
+    """A GPU notebook was started in full mode on a CPU; the message says what to switch and what it would cost."""
+
+
+def gpu_guard(model, loader, epochs: int, criterion=F.cross_entropy, device=None) -> None:
+    """Stop a full run of a GPU notebook (``eva.start(..., needs_gpu=True)``) on the CPU within seconds.
+
+    Instead of silently training for hours, it times one training step on a slice of a real batch, scales
+    it to an epoch, and raises :class:`NeedsGPU` with that estimate. ``EVA_ALLOW_CPU=1`` skips the check.
+    The model's weights and BN statistics are restored afterwards.
+    """
+    device = torch.device(device or config.get_device())
+    if device.type != "cpu" or not config.needs_gpu() or config.is_smoke() or os.environ.get("EVA_ALLOW_CPU"):
+        return
+    x, y = next(iter(loader))
+    n = min(64, len(y))
+    state = copy.deepcopy(model.state_dict())
+    model.to(device).train()
+    for _ in range(2):  # the first step pays one-off costs; time the second
+        t0 = time.perf_counter()
+        criterion(model(x[:n].to(device)).float(), y[:n].to(device)).backward()
+        seconds = (time.perf_counter() - t0) * len(y) / n * len(loader)
+    model.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    raise NeedsGPU(
+        f"This notebook needs a GPU, and this full run is on the CPU: one training epoch would take about "
+        f"{seconds / 60:.0f} min here ({epochs} epochs: about {seconds * epochs / 3600:.1f} h; measured on one step "
+        f"of {n} images). On Colab: Runtime > Change runtime type > T4 GPU, then Run all. "
+        f"(To train on the CPU anyway, set EVA_ALLOW_CPU=1.)")
 
 
 @dataclass
@@ -47,6 +83,7 @@ class History:
     lr: list = field(default_factory=list)
     epoch_time: list = field(default_factory=list)
     device: str = ""
+    started: str = ""  # when this training run began (UTC, ISO 8601): the ledger's "started"
 
     @property
     def epochs(self) -> int:
@@ -193,7 +230,8 @@ def fit(model, train_loader, test_loader, optimizer, epochs: int, scheduler=None
     model.to(device)
     use_amp = bool(amp) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    history, start = History(device=config.device_name(device)), 1
+    gpu_guard(model, train_loader, epochs, criterion, device)
+    history, start = History(device=config.device_name(device), started=config.now()), 1
     ckpt = Path(checkpoint) if checkpoint else None
     if resume and ckpt is None:
         raise ValueError("resume=True needs checkpoint=<path> to resume from")

@@ -111,7 +111,7 @@ def pretrained(name: str = "resnet18", num_classes: int = 100, weights="IMAGENET
         state = load_weights(weights, smoke=smoke, progress=progress)
         if state is None:
             print(f"NOTE: no local copy of {weights} (looked for "
-                  f"{' and '.join(str(p) for p in weight_files(weights))}).\n"
+                  f"{' and '.join(config.shown_path(p) for p in weight_files(weights))}).\n"
                   f"SMOKE MODE: {name} keeps RANDOM weights. Nothing trained from it says anything about "
                   "transfer learning; a full run downloads the real weights or stops.")
         else:
