@@ -57,7 +57,7 @@ def test_structure(path):
     for section in ("## Target", "## Result", "## Analysis"):
         assert section in markdown, f"{path.name}: no '{section}' section"
     assert markdown.index("## Target") < markdown.index("## Result") < markdown.index("## Analysis")
-    assert f"colab.research.google.com/github/eva-course/eva/blob/main/notebooks/{path.name}" in markdown
+    assert "colab.research.google.com/github/" in markdown  # which repository and tag: tests/test_fresh_machine.py
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and "SEED" in tagged[0].source and "MODE = None" in tagged[0].source
     assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []) and "MODE" in c.source]
