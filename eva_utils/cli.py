@@ -50,11 +50,16 @@ def run_notebooks(paths, mode: str, parameters: dict, output_dir: Path | None = 
     root = results.project_root() or Path.cwd()
     failures = 0
     for nb in map(Path, paths):
+        running = root / "build" / "running" / nb.name
         if mode == "full":  # executed into build/running/, moved over the notebook only if every cell succeeded
-            out = root / "build" / "running" / nb.name
+            out = running
         else:
             out = (output_dir or root / "build" / "smoke") / nb.name
         out.parent.mkdir(parents=True, exist_ok=True)
+        running.parent.mkdir(parents=True, exist_ok=True)
+        staged = running.with_suffix(".ledger.jsonl")  # its ledger lines, kept back until it succeeds
+        staged.unlink(missing_ok=True)
+        os.environ["EVA_LEDGER"] = str(staged)
         print(f"[{mode}] {nb} -> {nb if mode == 'full' else out}", flush=True)
         t0 = time.perf_counter()
         try:
@@ -62,29 +67,36 @@ def run_notebooks(paths, mode: str, parameters: dict, output_dir: Path | None = 
                                 kernel_name="python3", progress_bar=False)
         except (Exception, KeyboardInterrupt) as err:
             failures += 1
-            kept = _keep_failed(out, root) if mode == "full" else out
+            kept = [_keep_failed(f, root) for f in ((out, staged) if mode == "full" else (staged,))]
             if isinstance(err, pm.PapermillExecutionError):
                 why = f"in cell {err.exec_count}: {err.ename}: {err.evalue}"
             else:
                 why = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-            print(f"FAILED {nb} {why}\n  the executed copy is at {kept}"
-                  + (f"\n  {nb} is unchanged" if mode == "full" else ""), file=sys.stderr, flush=True)
+            print(f"FAILED {nb} {why}\n  the executed copy is at {kept[0] if mode == 'full' else out}"
+                  + (f"\n  {nb} is unchanged" if mode == "full" else "")
+                  + (f"\n  its ledger lines were not recorded (kept in {kept[-1]})" if kept[-1] else ""),
+                  file=sys.stderr, flush=True)
             if isinstance(err, KeyboardInterrupt):
                 return 130
             continue
+        finally:
+            os.environ.pop("EVA_LEDGER", None)
         if mode == "full":
             shutil.move(str(out), str(nb))
+        if staged.exists():
+            results.append_ledger(results.ledger_path(mode), results.read_ledger(staged))
+            staged.unlink()
         print(f"done {nb} in {time.perf_counter() - t0:.0f} s", flush=True)
     return 1 if failures else 0
 
 
-def _keep_failed(out: Path, root: Path) -> Path | None:
-    """Move a failed full run's executed copy to build/failed/ (the committed notebook stays untouched)."""
-    if not out.exists():
+def _keep_failed(path: Path, root: Path) -> Path | None:
+    """Move a failed run's executed copy or staged ledger lines to build/failed/ (nothing committed is touched)."""
+    if not path.exists():
         return None
-    failed = root / "build" / "failed" / out.name
+    failed = root / "build" / "failed" / path.name
     failed.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(out, failed)
+    os.replace(path, failed)
     return failed
 
 

@@ -41,6 +41,23 @@ def ledger_path(mode: str) -> Path:
     return base / LEDGER if mode == "full" else base / "smoke" / LEDGER
 
 
+def append_ledger(path: Path, entries: list[dict]) -> None:
+    """Append entries as JSON lines under an exclusive file lock: concurrent writers never interleave or lose lines."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(e) + "\n" for e in entries)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _code_cells(text: str) -> list[str]:
     """The sources of a notebook's code cells: what ran, whatever the outputs are."""
     return ["".join(c["source"]) for c in json.loads(text)["cells"] if c["cell_type"] == "code"]
@@ -172,10 +189,12 @@ class Run:
             "target": {key: val for key, val in asdict(target).items() if val not in (None, 0)},
             "reference": reference, "passed": passed,
         }
+        if os.environ.get("EVA_SWEEP"):
+            entry["sweep"] = os.environ["EVA_SWEEP"]
         path = ledger_path(self.mode)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
+        # `eva run` and `eva sweep` stage a notebook's lines (EVA_LEDGER) and move them into the ledger only if
+        # every cell succeeded: a failed or killed run leaves the committed ledger as it was.
+        append_ledger(Path(os.environ.get("EVA_LEDGER") or path), [entry])
         print(self._result_block(entry, checks, history, path))
         return entry
 

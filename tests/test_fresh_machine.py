@@ -37,12 +37,21 @@ def _notebook(path: Path, *sources: str) -> Path:
 
 
 # --------------------------------------------------------------------------- eva run --full never destroys a notebook
-def test_failed_full_run_leaves_the_notebook_byte_identical_and_keeps_the_copy(tmp_path, monkeypatch, capsys):
+REPORT = ("import eva_utils as eva\n"
+          "h = eva.History(train_loss=[1.0], train_acc=[90.0], test_loss=[1.0], test_acc=[91.0], lr=[0.1], "
+          "epoch_time=[1.0])\n"
+          "eva.start('99_x', mode='full', device='cpu').report(h, eva.Target(), params=1)")
+
+
+def test_failed_full_run_leaves_the_notebook_and_the_ledger_as_they_were(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no repository here: build/ goes under the working directory
-    nb = _notebook(tmp_path / "fails.ipynb", "X = 1", "print('before')", "raise RuntimeError('boom')")
+    monkeypatch.setenv("EVA_RESULTS_DIR", str(tmp_path / "results"))
+    nb = _notebook(tmp_path / "fails.ipynb", "X = 1", REPORT, "raise RuntimeError('boom')")
     before = nb.read_bytes()
     assert cli.run_notebooks([nb], "full", {}) == 1
     assert nb.read_bytes() == before
+    assert not (tmp_path / "results" / "ledger.jsonl").exists()  # the step that reported before the error
+    assert len((tmp_path / "build" / "failed" / "fails.ledger.jsonl").read_text().splitlines()) == 1
     failed = tmp_path / "build" / "failed" / "fails.ipynb"
     assert failed.is_file() and "boom" in failed.read_text()
     assert not (tmp_path / "build" / "running" / "fails.ipynb").exists()
@@ -68,10 +77,13 @@ def test_interrupted_full_run_leaves_the_notebook_byte_identical(tmp_path, monke
     assert "KeyboardInterrupt" in capsys.readouterr().err
 
 
-def test_successful_full_run_replaces_the_notebook(tmp_path, monkeypatch):
+def test_successful_full_run_replaces_the_notebook_and_records_its_ledger_lines(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    nb = _notebook(tmp_path / "ok.ipynb", "X = 1", "print(X * 6 * 7)")
+    monkeypatch.setenv("EVA_RESULTS_DIR", str(tmp_path / "results"))
+    nb = _notebook(tmp_path / "ok.ipynb", "X = 1", "print(X * 6 * 7)", REPORT)
     assert cli.run_notebooks([nb], "full", {"X": 2}) == 0
+    entry, = results.read_ledger(tmp_path / "results" / "ledger.jsonl")
+    assert entry["notebook"] == "99_x" and entry["metrics"]["best_test_acc"] == 91.0
     outputs = [o for c in nbformat.read(nb, as_version=4).cells for o in c.get("outputs", [])]
     assert any("84" in o.get("text", "") for o in outputs)
     assert not list((tmp_path / "build").rglob("*.ipynb"))
