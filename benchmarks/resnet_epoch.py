@@ -14,8 +14,8 @@ and the epoch time is extrapolated to 50,000 images.
 """
 import torch
 
-from _common import eva, measure, options, table, three_variants
-from eva_utils.models import CustomResNet
+from _common import ROOT, eva, measure, options, table, three_variants
+from eva_utils.models import from_notebook
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
     train = eva.cifar10(train=True, transform=eva.augment.cifar_train(), smoke=False)
     test = eva.cifar10(train=False, transform=eva.augment.cifar_test(), smoke=False)
     variants, epoch_batches = three_variants(train, test, args, preset="cifar10", premade=4)
-    model = CustomResNet().to(args.device)
+    model = from_notebook(ROOT / "notebooks" / "14_custom_resnet.ipynb", "CustomResNet")().to(args.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     measure(variants, model, optimizer, args.device, args.batches, args.repeats, args.warmup)
     print(table(f"CIFAR-10 epoch, CustomResNet ({eva.count_params(model):,} params), float32", variants, epoch_batches,

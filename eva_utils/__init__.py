@@ -3,8 +3,9 @@
     import eva_utils as eva
     run = eva.start("03_lighter_model", seed=1)           # mode, seed, device
     train_set = eva.mnist(train=True, transform=eva.augment.mnist_train(rotate=0))
-    history = eva.fit(model, train_loader, test_loader, optimizer, epochs=run.epochs(15))
+    history = eva.fit(model, train_loader, test_loader, optimizer, 15)  # 1 epoch in a smoke run
     run.report(history, eva.Target(test_acc=99.0), model)  # Result block + ledger line
+    eva.compare({"a": history_a, "b": history_b})          # several runs: one table (and plot_history(dict))
 """
 import os
 
@@ -13,12 +14,13 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from . import augment, config, export, fastdata, speedrun, transfer, tricks
+from .compare import compare
 from .config import get_device, loader_settings, seed_everything
 from .data import DataNotFoundError, cifar10, cifar100, loaders, mnist
 from .lr_finder import find_lr
-from .plots import (misclassified, per_class_accuracy, plot_history, show_gradcam, show_misclassified,
-                    show_samples)
-from .results import Run, Target, start
+from .mistakes import misclassified, per_class_accuracy, show_gradcam, show_misclassified
+from .plots import plot_history, show_samples
+from .results import Run, Target, current_run, start
 from .rf import receptive_field
 from .summary import count_params, model_cost, model_summary
 from .train import History, TrainingDiverged, evaluate, fit

@@ -21,19 +21,19 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 
-def _to_tensor(mean, std) -> list:
-    """(x/255 - mean) / std per channel, then H×W×C -> C×H×W tensor."""
+def to_tensor(mean, std) -> list:
+    """The last steps of every pipeline: (x/255 - mean) / std per channel, then H×W×C -> C×H×W tensor."""
     return [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
 
 
-def _pixels(mean) -> tuple:
-    """A [0, 1] mean as 0..255 pixel values, the fill colour used before normalisation."""
-    return tuple(round(m * 255) for m in mean)
+def fill_pixels(mean) -> tuple:
+    """The [0, 1] channel means as 0..255 pixel values: the colour of padding and cutout, before normalisation."""
+    return tuple(int(round(m * 255)) for m in mean)
 
 
 def mnist_test(mean=MNIST_MEAN, std=MNIST_STD) -> A.Compose:
     """No augmentation: normalise only. Used for the test set, and for training before step 09."""
-    return A.Compose(_to_tensor(mean, std))
+    return A.Compose(to_tensor(mean, std))
 
 
 def mnist_train(rotate: float = 7.0, mean=MNIST_MEAN, std=MNIST_STD) -> A.Compose:
@@ -42,12 +42,12 @@ def mnist_train(rotate: float = 7.0, mean=MNIST_MEAN, std=MNIST_STD) -> A.Compos
     ``rotate=0`` gives the plain pipeline.
     """
     steps = [A.Rotate(limit=(-rotate, rotate), border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)] if rotate else []
-    return A.Compose(steps + _to_tensor(mean, std))
+    return A.Compose(steps + to_tensor(mean, std))
 
 
 def cifar_test(mean=CIFAR10_MEAN, std=CIFAR10_STD) -> A.Compose:
     """Normalise only."""
-    return A.Compose(_to_tensor(mean, std))
+    return A.Compose(to_tensor(mean, std))
 
 
 def cifar_train(mean=CIFAR10_MEAN, std=CIFAR10_STD, pad: int = 4, size: int = 32, cutout: int = 8,
@@ -59,7 +59,7 @@ def cifar_train(mean=CIFAR10_MEAN, std=CIFAR10_STD, pad: int = 4, size: int = 32
     * cutout hides one ``cutout``×``cutout`` square, filled with the dataset mean, so the net
       cannot rely on a single region. ``cutout=0`` leaves it out.
     """
-    fill = _pixels(mean)
+    fill = fill_pixels(mean)
     steps = [
         A.PadIfNeeded(min_height=size + 2 * pad, min_width=size + 2 * pad,
                       border_mode=cv2.BORDER_CONSTANT, fill=fill),
@@ -69,4 +69,4 @@ def cifar_train(mean=CIFAR10_MEAN, std=CIFAR10_STD, pad: int = 4, size: int = 32
     if cutout:
         steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout, cutout),
                                      hole_width_range=(cutout, cutout), fill=fill, p=1.0))
-    return A.Compose(steps + _to_tensor(mean, std))
+    return A.Compose(steps + to_tensor(mean, std))

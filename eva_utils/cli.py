@@ -13,6 +13,10 @@
         Show the results ledger; ``--markdown`` prints the README table generated from the
         latest full run of each notebook; ``--update-readme`` writes it into README.md;
         ``--check`` fails if README.md's table is stale.
+    eva sweep NOTEBOOK... [--seeds 1-10] [-p NAME V1,V2,...] [--smoke | --full] [--cpus-per-run N]
+              [--gpus-per-run F] [--address ADDR]
+        Every combination notebook x values x seed as one papermill run, a Ray task (see ``sweep.py``); then
+        n, mean ± std, min, max per group. ``eva results --sweep ID [--smoke] [--markdown]`` shows it again.
 """
 from __future__ import annotations
 
@@ -197,6 +201,11 @@ def main(argv=None) -> int:
     res.add_argument("--markdown", action="store_true", help="print the README results table")
     res.add_argument("--update-readme", action="store_true", help="write the table into README.md")
     res.add_argument("--check", action="store_true", help="fail if README.md's table is stale")
+    res.add_argument("--sweep", metavar="ID", help="the summary of sweep ID (with --smoke: of a smoke sweep)")
+    res.add_argument("--smoke", action="store_true", help="with --sweep: read the smoke ledger")
+    from . import sweep  # Ray itself is imported only when a sweep runs
+
+    sweep.add_arguments(sub.add_parser("sweep", help="notebooks x parameters x seeds as Ray tasks (needs .[sweep])"))
     col = sub.add_parser("colab", help="point notebooks' Colab badge and install cell at the release tag")
     col.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
@@ -207,6 +216,10 @@ def main(argv=None) -> int:
         return colab_links(args.notebooks)
     if args.command == "evaluate":
         return evaluate_saved(args.model, args.dataset)
+    if args.command == "sweep":
+        return sweep.main(args)
+    if args.sweep:
+        return sweep.show(args.sweep, args.markdown, args.smoke)
     return show_results(args.markdown, args.update_readme, args.check)
 
 

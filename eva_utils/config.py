@@ -7,6 +7,11 @@ Every notebook of the course runs in one of two modes:
   It checks that the notebook *runs*; its numbers are never presented as results.
   The test suite sets ``EVA_MODE=smoke`` for every notebook it executes.
 
+Everything a smoke run does differently lives in the package, never in a lesson cell:
+``data`` cuts each split to a small class-balanced subset, ``fit`` trains 1 epoch without
+checkpoints, ``get_device`` picks the CPU, ``transfer`` never downloads, and ``eva.start``
+shrinks the few parameters listed in ``SMOKE_PARAMETERS`` (nets too big for a CPU check).
+
 The mode comes from the ``EVA_MODE`` environment variable unless a notebook passes
 it explicitly. Data is read from ``EVA_DATA_DIR`` (default ``./data``).
 """
@@ -22,6 +27,16 @@ import torch
 
 MODES = ("full", "smoke")
 
+#: Parameters a smoke run of a notebook replaces (``eva.start`` sets them in the notebook, after its parameters cell,
+#: as ``eva run -p NAME VALUE`` would): the nets of these notebooks are too big to check on a CPU at full size.
+SMOKE_PARAMETERS = {
+    "12_cifar100_ablation": {"WIDTH": 4},  # BaseNet at 4-8-16-32 channels: 1/256 of the arithmetic
+    "13_transfer_learning": {"IMAGE_SIZE": 64},  # ResNet-18 on 64-pixel images: 1/12 of the arithmetic
+    # the 6.6M-parameter net at full size: one seed, batches of 64, a 6-batch range test, one peak in the check
+    "14_custom_resnet": {"SEEDS": (1,), "BATCH_SIZE": 64, "LR_TEST_ITERS": 6, "COMPARE_FACTORS": (1,)},
+}
+_seed: int | None = None  # the last seed_everything() seed: names the automatic checkpoints
+
 
 def mode(requested: str | None = None) -> str:
     """Return the run mode: ``requested`` if given, else ``$EVA_MODE``, else ``"full"``."""
@@ -35,14 +50,30 @@ def is_smoke(requested: str | None = None) -> bool:
     return mode(requested) == "smoke"
 
 
+def epochs(full: int) -> int:
+    """The epochs a training run really does: ``full`` in a full run, 1 in a smoke run."""
+    return 1 if is_smoke() else full
+
+
 def needs_gpu() -> bool:
     """Whether the running notebook declared that it needs a GPU (``eva.start(..., needs_gpu=True)``)."""
     return os.environ.get("EVA_NEEDS_GPU") == "1"
 
 
+def progress_bars() -> bool:
+    """Progress bars, unless ``EVA_PROGRESS=0`` (``eva run`` sets it: bars are noise in a saved notebook)."""
+    return os.environ.get("EVA_PROGRESS", "1") != "0"
+
+
 def now() -> str:
     """The current UTC time, ISO 8601 to the second: the ledger's timestamps."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def duration(seconds: float) -> str:
+    """A wall time as the Result block, the README table and ``eva.compare`` show it: ``27 min 09 s`` or ``8.6 s``."""
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{seconds:.1f} s"
 
 
 def shown_path(path) -> str:
@@ -57,9 +88,10 @@ def shown_path(path) -> str:
         if base is None:
             continue
         try:
-            return prefix + str(path.resolve().relative_to(base.resolve()))
+            inside = path.resolve().relative_to(base.resolve())
         except ValueError:
-            pass
+            continue
+        return prefix + str(inside) if inside.parts else prefix.rstrip("/") or "."  # the base itself: "$EVA_DATA_DIR"
     return str(path)
 
 
@@ -135,6 +167,8 @@ def seed_everything(seed: int) -> int:
     cuDNN is left in its fast, non-deterministic mode: on a GPU two runs with the
     same seed agree to within a few hundredths of a percent, not bit for bit.
     """
+    global _seed
+    _seed = seed
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -143,7 +177,12 @@ def seed_everything(seed: int) -> int:
     return seed
 
 
-def loader_settings(device: torch.device, batch_size: int | None = None) -> dict:
+def current_seed() -> int | None:
+    """The seed of the last ``seed_everything`` call (``None`` before any)."""
+    return _seed
+
+
+def loader_settings(device: torch.device) -> dict:
     """DataLoader settings that suit the device.
 
     On a GPU, two worker processes prepare batches while the GPU computes, and pinned
@@ -160,13 +199,7 @@ def loader_settings(device: torch.device, batch_size: int | None = None) -> dict
     """
     device = torch.device(device)
     on_gpu = device.type == "cuda"
-    settings = {
-        "num_workers": min(2, os.cpu_count() or 1) if on_gpu else 0,
-        "pin_memory": on_gpu,
-    }
-    if batch_size is not None:
-        settings["batch_size"] = batch_size
-    return settings
+    return {"num_workers": min(2, os.cpu_count() or 1) if on_gpu else 0, "pin_memory": on_gpu}
 
 
 def eval_batch_size(device, train_batch_size: int) -> int:

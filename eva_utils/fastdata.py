@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from . import augment as _aug
 from . import config
+from .augment import fill_pixels  # the padding and cutout colour, as in the albumentations pipelines
 
 # --------------------------------------------------------------------------- augmentation settings
 
@@ -76,11 +77,6 @@ PRESETS = {
     "cifar100": (_aug.CIFAR100_MEAN, _aug.CIFAR100_STD, Augment(crop_pad=4, flip=0.5, cutout=8)),
     "mnist": (_aug.MNIST_MEAN, _aug.MNIST_STD, Augment(rotate=7.0)),
 }
-
-
-def fill_pixels(mean) -> tuple:
-    """The [0, 1] channel means as 0..255 pixel values: the colour of padding and cutout (as in augment.py)."""
-    return tuple(int(round(m * 255)) for m in mean)
 
 
 @dataclass

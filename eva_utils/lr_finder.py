@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from . import config
+from .modelstate import modes_restored
 
 __all__ = ["LRResult", "find_lr"]
 
@@ -113,8 +115,10 @@ def find_lr(
     Note: torch-lr-finder refuses an optimizer that already has an lr
     scheduler attached - create the scheduler *after* the range test.
     """
-    from torch_lr_finder import LRFinder
-    from torch_lr_finder import lr_finder as _lrf_module
+    with warnings.catch_warnings():  # its tqdm.autonotebook import warns into the notebook when ipywidgets is missing
+        warnings.simplefilter("ignore")
+        from torch_lr_finder import LRFinder
+        from torch_lr_finder import lr_finder as _lrf_module
 
     if num_iter < skip_start + skip_end + 2:
         raise ValueError(
@@ -131,33 +135,28 @@ def find_lr(
     if not first_lr < end_lr:
         raise ValueError(f"the range test needs start lr < end_lr, got {first_lr} and {end_lr}")
 
-    flags = [(m, m.training) for m in model.modules()]
+    from .train import gpu_guard
+
+    gpu_guard(model, train_loader, 1, criterion, device)  # a full run of a GPU notebook on a CPU stops here
+    if not isinstance(train_loader, torch.utils.data.DataLoader):  # e.g. fastdata.DeviceLoader: any (x, y) iterable
+        train_loader = _lrf_module.TrainDataLoaderIter(train_loader)
     finder = LRFinder(model, optimizer, criterion, device=device)
     library_output = io.StringIO()
     saved_tqdm = _lrf_module.tqdm
-    try:
-        if progress is None:
-            progress = os.environ.get("EVA_PROGRESS", "1") != "0"
-        if not progress:
-            _lrf_module.tqdm = functools.partial(saved_tqdm, disable=True)
-        # torch-lr-finder prints its own messages (one with a literal
-        # "{finder_name}" placeholder): keep stdout clean and deterministic.
-        with contextlib.redirect_stdout(library_output):
-            finder.range_test(
-                train_loader,
-                val_loader=val_loader,
-                start_lr=start_lr,
-                end_lr=end_lr,
-                num_iter=num_iter,
-                step_mode=step_mode,
-                smooth_f=smooth_f,
-                diverge_th=diverge_th,
-            )
-    finally:
-        _lrf_module.tqdm = saved_tqdm
-        finder.reset()  # weights + optimizer state back to what they were before the test
-        for m, flag in flags:
-            m.training = flag
+    if progress is None:
+        progress = config.progress_bars()
+    with modes_restored(model):
+        try:
+            if not progress:
+                _lrf_module.tqdm = functools.partial(saved_tqdm, disable=True)
+            # torch-lr-finder prints its own messages (one with a literal
+            # "{finder_name}" placeholder): keep stdout clean and deterministic.
+            with contextlib.redirect_stdout(library_output):
+                finder.range_test(train_loader, val_loader=val_loader, start_lr=start_lr, end_lr=end_lr,
+                                  num_iter=num_iter, step_mode=step_mode, smooth_f=smooth_f, diverge_th=diverge_th)
+        finally:
+            _lrf_module.tqdm = saved_tqdm
+            finder.reset()  # weights + optimizer state back to what they were before the test
 
     lrs = [float(v) for v in finder.history["lr"]]
     losses = [float(v) for v in finder.history["loss"]]

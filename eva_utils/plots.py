@@ -1,4 +1,4 @@
-"""Look at the data, the training curves and the model's mistakes.
+"""Look at the data and the training curves (the model's mistakes: ``mistakes.py``).
 
 Everything here takes images exactly as they come out of a dataset: tensors
 of shape ``(C, H, W)`` that were *normalised* (``x = (pixel - mean) / std``).
@@ -15,26 +15,16 @@ Figures are shown with ``plt.show()`` and, by default, the functions return
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, Sequence
+from typing import Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = [
-    "denormalize",
-    "show_samples",
-    "plot_history",
-    "misclassified",
-    "show_misclassified",
-    "gradcam_heatmaps",
-    "show_gradcam",
-    "per_class_accuracy",
-]
+__all__ = ["denormalize", "show_samples", "plot_history"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -112,39 +102,10 @@ def _finish(fig, return_fig: bool):
     return None
 
 
-def _device_of(model: nn.Module, device=None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def _split_batch(batch):
     if isinstance(batch, (list, tuple)) and len(batch) >= 2:
         return batch[0], batch[1]
     raise ValueError("expected batches of (images, labels, ...)")
-
-
-def _predictions(model: nn.Module, loader: Iterable, device=None) -> Iterator[tuple]:
-    """Yield ``(images_cpu, labels_cpu, preds_cpu)`` per batch, eval mode, no grad.
-
-    The training flags of all modules are restored when the generator finishes
-    or is closed early.
-    """
-    device = _device_of(model, device)
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                images, labels = _split_batch(batch)
-                out = model(images.to(device))
-                preds = out.argmax(dim=1).cpu()
-                yield images.cpu(), torch.as_tensor(labels).cpu(), preds
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _take(dataset_or_loader, n: int):
@@ -197,222 +158,67 @@ def show_samples(
 # --------------------------------------------------------------------------- curves
 def _series(history, name: str) -> list:
     value = history.get(name) if isinstance(history, dict) else getattr(history, name, None)
-    return list(value) if value is not None else []
+    return [float(v) for v in value] if value is not None else []
 
 
-def plot_history(history, return_fig: bool = False):
-    """Loss and accuracy per epoch, train vs test, side by side.
+def _runs(history) -> dict:
+    """One run -> ``{"": run}``; a dict of runs (``{label: run}``, no ``test_acc`` key of its own) as it is."""
+    if isinstance(history, dict) and "test_acc" not in history:
+        return {str(label): h for label, h in history.items() if h is not None}
+    return {"": history}
+
+
+def _epoch_axis(ax, ylabel: str, title: str) -> None:
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def plot_history(history, return_fig: bool = False, acc_ylim=None):
+    """Loss and accuracy per epoch, train vs test, side by side: of one run, or of several to compare.
 
     ``history`` has lists ``train_loss, train_acc, test_loss, test_acc``
-    (accuracy in percent) and ``lr`` - as attributes or dict keys.  A third,
-    small panel shows the learning rate when it changes during training (e.g.
-    OneCycle or StepLR).
+    (accuracy in percent) and ``lr`` - as attributes (a ``History``) or dict
+    keys.  Or it is a dict of such runs, ``{label: history}``: each run gets
+    its own colour, its test curve solid and its train curve dashed, and the
+    accuracy panel's legend pairs them (``label train``, ``label test``).  A third, small panel
+    shows the learning rate when it changes during training (e.g. OneCycle or
+    StepLR).  ``acc_ylim=(low, high)`` zooms the accuracy axis in.
 
     How to read it: train loss falling while test loss rises = over-fitting;
     both high and flat = under-fitting (model too small or lr wrong); test
     accuracy above train accuracy is normal with strong augmentation/dropout,
     which only act during training.
     """
-    train_loss, test_loss = _series(history, "train_loss"), _series(history, "test_loss")
-    train_acc, test_acc = _series(history, "train_acc"), _series(history, "test_acc")
-    lr = [float(v) for v in _series(history, "lr")]
-    show_lr = len(lr) > 1 and len(set(lr)) > 1
-
-    ncols = 3 if show_lr else 2
+    runs = _runs(history)
+    lrs = {label: _series(h, "lr") for label, h in runs.items()}
+    show_lr = any(len(set(lr)) > 1 for lr in lrs.values())
     widths = [1, 1, 0.6] if show_lr else [1, 1]
-    fig, axes = plt.subplots(1, ncols, figsize=(4.5 * sum(widths), 3.5), gridspec_kw={"width_ratios": widths})
-
-    def draw(ax, series, ylabel, title):
-        for values, label in series:
-            if values:
-                epochs = range(1, len(values) + 1)
-                ax.plot(epochs, values, marker="o", markersize=3, label=label)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if any(v for v, _ in series):
-            ax.legend()
-
-    draw(axes[0], [(train_loss, "train"), (test_loss, "test")], "loss", "Loss")
-    draw(axes[1], [(train_acc, "train"), (test_acc, "test")], "accuracy (%)", "Accuracy")
+    fig, axes = plt.subplots(1, len(widths), figsize=(4.5 * sum(widths), 3.5), gridspec_kw={"width_ratios": widths})
+    for n, (label, h) in enumerate(runs.items()):
+        colour = {"color": f"C{n}"} if label else {}  # one run: matplotlib's train/test colours
+        for ax, metric in zip(axes, ("loss", "acc")):
+            for split, style in (("train", "--" if label else "-"), ("test", "-")):
+                values = _series(h, f"{split}_{metric}")
+                if values:
+                    ax.plot(range(1, len(values) + 1), values, style, marker="o", markersize=3,
+                            label=f"{label} {split}".strip(), **colour)
+        if show_lr and lrs[label]:
+            axes[2].plot(range(1, len(lrs[label]) + 1), lrs[label], label=label or None,
+                         **(colour or {"color": "tab:green"}))
+    _epoch_axis(axes[0], "loss", "Loss")
+    _epoch_axis(axes[1], "accuracy (%)", "Accuracy")
+    if acc_ylim is not None:
+        axes[1].set_ylim(*acc_ylim)
+    for ax in axes[:2] if len(runs) == 1 else axes[1:2]:  # several runs: one legend, beside the accuracy
+        if ax.lines:
+            ax.legend(fontsize=7 if len(runs) > 3 else None)
     if show_lr:
         ax = axes[2]
-        ax.plot(range(1, len(lr) + 1), lr, color="tab:green")
-        ax.set_xlabel("epoch" if len(lr) == max(len(train_loss), len(test_loss), 1) else "step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("lr")
-        ax.set_title("Learning rate")
+        epochs = max(len(_series(h, "test_acc")) for h in runs.values())
+        _epoch_axis(ax, "lr", "Learning rate")
+        ax.set_xlabel("epoch" if max(len(lr) for lr in lrs.values()) == max(epochs, 1) else "step")
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-        ax.grid(alpha=0.3)
     return _finish(fig, return_fig)
-
-
-# --------------------------------------------------------------------------- mistakes
-def misclassified(model: nn.Module, loader: Iterable, device=None, limit: int | None = None) -> list:
-    """All samples of ``loader`` the model gets wrong, in loader order.
-
-    Returns a list of ``(image, true_label, predicted_label)`` with the image
-    as stored in the dataset (normalised, on the CPU) and ints for labels.
-    The prediction is the ``argmax`` of the model output (works for logits and
-    log-probabilities alike).  Runs in eval mode under ``torch.no_grad()``
-    (no Dropout, BatchNorm uses its running statistics) and puts the model back
-    in the mode it was in.  ``device`` defaults to the model's device;
-    ``limit`` stops after that many mistakes.
-    """
-    found: list = []
-    if limit is not None and limit <= 0:
-        return found
-    preds_iter = _predictions(model, loader, device)
-    try:
-        for images, labels, preds in preds_iter:
-            wrong = (preds != labels).nonzero().flatten().tolist()
-            for i in wrong:
-                found.append((images[i], int(labels[i]), int(preds[i])))
-                if limit is not None and len(found) >= limit:
-                    return found
-    finally:
-        preds_iter.close()  # restores the training flags even when stopping early
-    return found
-
-
-def show_misclassified(
-    model: nn.Module,
-    loader: Iterable,
-    classes: Sequence[str] | None = None,
-    n: int = 20,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    device=None,
-    ncols: int = 5,
-    return_fig: bool = False,
-):
-    """Grid of up to ``n`` mistakes titled ``true → pred``.
-
-    Looking at the errors tells you what to fix: ambiguous images (label noise,
-    nothing to do), a systematic confusion (e.g. cat → dog: more capacity or
-    augmentation), or a bug (all predictions the same class).  Prints a message
-    and returns ``None`` if the model makes no mistake on ``loader``.
-    """
-    samples = misclassified(model, loader, device=device, limit=n)
-    if not samples:
-        print("No misclassified samples: the model is right on every image of this loader.")
-        return None
-    fig, axes = _grid(len(samples), ncols, cell=1.9)
-    for ax, (img, true, pred) in zip(axes, samples):
-        _show_image(ax, img, mean, std, f"{_label_name(true, classes)} → {_label_name(pred, classes)}")
-    return _finish(fig, return_fig)
-
-
-# --------------------------------------------------------------------------- Grad-CAM
-def gradcam_heatmaps(model: nn.Module, target_layer: nn.Module, images, targets: Sequence[int] | None = None) -> np.ndarray:
-    """Grad-CAM maps, one ``(H, W)`` array in ``[0, 1]`` per image.
-
-    Grad-CAM asks "which pixels of ``target_layer``'s feature map made the
-    score of class ``c`` go up?": the gradients of that score are averaged per
-    channel to get one weight per channel, the channels are summed with those
-    weights, negative values are clipped (ReLU) and the map is upsampled to the
-    image size and scaled to ``[0, 1]``.  Use the last convolution layer: it
-    still has a spatial layout and already "sees" whole objects.
-
-    ``images`` is a ``(N, C, H, W)`` tensor or a list of ``(C, H, W)`` tensors;
-    ``targets`` the class index per image (``None``: the model's own top
-    prediction).  Built on pytorch-grad-cam (``GradCAM`` +
-    ``ClassifierOutputTarget``); in version 1.5 the device simply follows the
-    model (there is no ``use_cuda`` argument any more).  The library switches
-    the model to eval mode and fills ``.grad``; this wrapper restores the
-    training flags and clears the gradients again.
-    """
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    batch = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
-    if batch.ndim == 3:
-        batch = batch[None]
-    cam_targets = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
-
-    flags = [(m, m.training) for m in model.modules()]
-    cam = GradCAM(model=model, target_layers=[target_layer])
-    try:
-        # No `with GradCAM(...)`: its __exit__ silently swallows IndexError
-        # (e.g. a class index out of range) and returns nothing.
-        with torch.enable_grad():
-            maps = cam(input_tensor=batch, targets=cam_targets)
-    finally:
-        cam.activations_and_grads.release()
-        model.zero_grad(set_to_none=True)
-        for m, flag in flags:
-            m.training = flag
-    return np.asarray(maps, dtype=np.float32)
-
-
-def show_gradcam(
-    model: nn.Module,
-    target_layer: nn.Module,
-    samples: Sequence[tuple],
-    classes: Sequence[str] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    ncols: int = 5,
-    image_weight: float = 0.5,
-    return_fig: bool = False,
-):
-    """Grad-CAM overlays for ``samples`` (a list of ``(image, true, pred)``,
-    e.g. the output of :func:`misclassified`), titled ``true → pred``.
-
-    The heat map explains the *predicted* class: red = the region that pushed
-    the model towards ``pred``.  On a mistake this often shows what fooled the
-    model (background, a similar-looking part...).  ``image_weight`` is how much
-    of the photo shows through the colour map (pytorch-grad-cam's
-    ``show_cam_on_image``).
-    """
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
-    samples = list(samples)
-    if not samples:
-        print("show_gradcam: no samples to show.")
-        return None
-    maps = gradcam_heatmaps(model, target_layer, [s[0] for s in samples], [s[2] for s in samples])
-    fig, axes = _grid(len(samples), ncols, cell=1.9)
-    for ax, (img, true, pred), mask in zip(axes, samples, maps):
-        rgb = denormalize(img, mean, std)
-        if rgb.ndim == 2:
-            rgb = np.repeat(rgb[:, :, None], 3, axis=2)  # the overlay needs 3 channels
-        overlay = show_cam_on_image(rgb, mask, use_rgb=True, image_weight=image_weight)
-        ax.imshow(overlay)
-        ax.set_title(f"{_label_name(true, classes)} → {_label_name(pred, classes)}", fontsize=8)
-        ax.axis("off")
-    return _finish(fig, return_fig)
-
-
-# --------------------------------------------------------------------------- per class
-def per_class_accuracy(model: nn.Module, loader: Iterable, classes: Sequence[str], device=None) -> dict:
-    """Accuracy (percent) of each class, printed as a table and returned as a dict.
-
-    The overall accuracy can hide a weak class: 90 % overall may be 99 % on
-    most classes and 40 % on one.  Returns ``{class_name: accuracy_percent}``
-    in the order of ``classes`` (``nan`` for a class absent from ``loader``).
-    """
-    k = len(classes)
-    correct = torch.zeros(k, dtype=torch.long)
-    total = torch.zeros(k, dtype=torch.long)
-    for _, labels, preds in _predictions(model, loader, device):
-        labels = labels.long()
-        total += torch.bincount(labels, minlength=k)[:k]
-        correct += torch.bincount(labels[preds == labels], minlength=k)[:k]
-
-    result: dict = {}
-    width = max([len("class")] + [len(str(c)) for c in classes])
-    lines = [f"{'class':<{width}}  {'correct':>7}  {'total':>7}  {'accuracy':>8}"]
-    for i, name in enumerate(classes):
-        c, t = int(correct[i]), int(total[i])
-        acc = 100.0 * c / t if t else float("nan")
-        result[str(name)] = acc
-        acc_txt = f"{acc:7.2f}%" if t else f"{'n/a':>8}"
-        lines.append(f"{str(name):<{width}}  {c:>7}  {t:>7}  {acc_txt}")
-    c, t = int(correct.sum()), int(total.sum())
-    overall = f"{100.0 * c / t:7.2f}%" if t else f"{'n/a':>8}"
-    lines.append(f"{'overall':<{width}}  {c:>7}  {t:>7}  {overall}")
-    print("\n".join(lines))
-    return result

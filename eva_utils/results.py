@@ -1,4 +1,4 @@
-"""Targets, the printed Result block, and the results ledger.
+"""Targets, the printed Result block, and the run that writes it to the ledger (``ledger.py``).
 
 A notebook states its **Target** before training (``Target(test_acc=99.0, params=11_000)``)
 and ends with ``run.report(history, target, model)``, which prints what was *measured*
@@ -11,10 +11,9 @@ is generated from the ledger (``eva results --markdown``), never typed by hand.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
-import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,69 +21,10 @@ from pathlib import Path
 import torch
 
 from . import config
-from .config import project_root
+from .config import project_root  # noqa: F401  (results.project_root: eva's CLI)
+from .ledger import (LEDGER, TABLE_END, TABLE_START, append_ledger, git_state, latest_full,  # noqa: F401
+                     ledger_path, markdown_table, read_ledger, results_dir, target_text, update_readme)
 
-LEDGER = "ledger.jsonl"
-TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def results_dir() -> Path:
-    """``$EVA_RESULTS_DIR``, else ``<repo>/results``, else ``./results``."""
-    if os.environ.get("EVA_RESULTS_DIR"):
-        return Path(os.environ["EVA_RESULTS_DIR"])
-    root = project_root()
-    return (root / "results") if root else Path("results")
-
-
-def ledger_path(mode: str) -> Path:
-    base = results_dir()
-    return base / LEDGER if mode == "full" else base / "smoke" / LEDGER
-
-
-def append_ledger(path: Path, entries: list[dict]) -> None:
-    """Append entries as JSON lines under an exclusive file lock: concurrent writers never interleave or lose lines."""
-    import fcntl
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(e) + "\n" for e in entries)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _code_cells(text: str) -> list[str]:
-    """The sources of a notebook's code cells: what ran, whatever the outputs are."""
-    return ["".join(c["source"]) for c in json.loads(text)["cells"] if c["cell_type"] == "code"]
-
-
-def git_state(notebook: str | None = None, root: Path | None = None) -> tuple[str | None, bool | None]:
-    """(commit sha, whether the code differs from that commit) — None outside a git checkout.
-
-    The code is ``eva_utils/`` and, when ``notebook`` is named, that notebook's code cells (its outputs
-    change with every run, so they do not count). Read when a run *starts*: that is the code that ran.
-    """
-    root = root or project_root()
-    if root is None:
-        return None, None
-    git = dict(cwd=root, capture_output=True, text=True, timeout=10)
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], **git).stdout.strip() or None
-        if sha is None:
-            return None, None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "eva_utils"], **git).stdout.strip())
-        path = f"notebooks/{notebook}.ipynb"
-        if notebook and (root / path).is_file():
-            committed = subprocess.run(["git", "show", f"HEAD:{path}"], **git)
-            dirty |= committed.returncode != 0 or _code_cells(committed.stdout) != _code_cells((root / path).read_text())
-        return sha, dirty
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
-        return None, None
 
 
 @dataclass
@@ -120,11 +60,6 @@ class Target:
         return out
 
 
-def _fmt_time(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m} min {s:02d} s" if m else f"{seconds:.1f} s"
-
-
 class Run:
     """One execution of a notebook: its name, mode, seed and device, and the clock."""
 
@@ -138,14 +73,24 @@ class Run:
         self.started = config.now()
         self.git_sha, self.git_dirty = git_state(notebook)  # the code as it is now, when the run starts
         self._t0 = time.perf_counter()
+        self._trainings = 0  # fit() calls so far: numbers the automatic checkpoints
 
     @property
     def smoke(self) -> bool:
         return self.mode == "smoke"
 
+    def next_checkpoint(self) -> Path:
+        """The checkpoint file of this run's next training (what ``fit(..., checkpoint="auto")`` uses):
+        ``results/checkpoints/<mode>/<notebook>-<nn>-seed<s>.pt``, nn counting the trainings since ``eva.start``
+        and s the last ``seed_everything`` seed -- the same file when the notebook is run again from the top."""
+        self._trainings += 1
+        seed = config.current_seed()
+        return results_dir() / "checkpoints" / self.mode / f"{self.notebook}-{self._trainings:02d}-seed{seed}.pt"
+
+    # Deprecated: fit() shortens itself in a smoke run and checkpoints by default. Kept only for notebooks 11 and 14
+    # until they call fit(model, train_loader, test_loader, optimizer, EPOCHS); delete both then.
     def epochs(self, full: int) -> int:
-        """``full`` epochs in a full run, 1 in a smoke run."""
-        return 1 if self.smoke else full
+        return config.epochs(full)
 
     def checkpoint(self, label: str = "") -> Path:
         name = self.notebook + (f"-{label}" if label else "")
@@ -156,10 +101,11 @@ class Run:
                 f"seed {self.seed} | torch {torch.__version__}")
 
     def report(self, history, target: Target, model=None, params: int | None = None, label: str = "",
-               reference: str = "", extra: dict | None = None, seed: int | None = None) -> dict:
+               reference: str = "", extra: dict | None = None, seed: int | None = None, quiet: bool = False) -> dict:
         """Print the Result block (measured vs target) and append the run to the ledger. Returns the entry.
 
-        ``seed``: the seed of this training run, when a notebook trains with several seeds.
+        ``seed``: the seed of this training run; by default the one ``fit`` recorded (``history.seed``), else the run's.
+        ``quiet=True`` prints one line instead of the block (a cell reporting several runs, then ``eva.compare``).
         """
         from .summary import count_params
 
@@ -171,7 +117,7 @@ class Run:
             "notebook": self.notebook, "label": label, "mode": self.mode,
             "started": getattr(history, "started", "") or self.started,
             "device": history.device or config.device_name(self.device),
-            "seed": self.seed if seed is None else seed,
+            "seed": next(s for s in (seed, getattr(history, "seed", None), self.seed) if s is not None),
             "epochs": history.epochs, "params": params, "wall_s": round(history.wall_s, 1),
             "git_sha": self.git_sha, "git_dirty": self.git_dirty, "torch": torch.__version__, "host": platform.node(),
             "metrics": {
@@ -195,11 +141,22 @@ class Run:
         # `eva run` and `eva sweep` stage a notebook's lines (EVA_LEDGER) and move them into the ledger only if
         # every cell succeeded: a failed or killed run leaves the committed ledger as it was.
         append_ledger(Path(os.environ.get("EVA_LEDGER") or path), [entry])
-        print(self._result_block(entry, checks, history, path))
+        print(self._result_line(entry) if quiet else self._result_block(entry, checks, history, path))
         return entry
 
+    def _title(self, entry) -> str:
+        return f"Result: {self.notebook}" + (f" [{entry['label']}]" if entry["label"] else "")
+
+    def _result_line(self, entry) -> str:
+        m, k = entry["metrics"], min(3, entry["epochs"])
+        verdict = f"target {target_text(entry['target']) or 'none'}: TARGET {'MET' if entry['passed'] else 'MISSED'}"
+        return " | ".join([self._title(entry), f"mode {entry['mode']}", f"seed {entry['seed']}",
+                           f"{entry['params']:,} params", f"best test acc {m['best_test_acc']:.2f} % (epoch "
+                           f"{m['best_epoch']})", f"last-{k} min {m[f'last{k}_min_test_acc']:.2f} %", verdict]
+                          + (["SMOKE RUN: these numbers are NOT results"] if self.smoke else []))
+
     def _result_block(self, entry, checks, history, path) -> str:
-        title = f"Result: {self.notebook}" + (f" [{entry['label']}]" if entry["label"] else "")
+        title = self._title(entry)
         lines = [title, "=" * len(title)]
         if self.smoke:
             lines += ["SMOKE RUN: 1 epoch on a small subset, on the CPU. This checks that the notebook runs;",
@@ -208,7 +165,7 @@ class Run:
         k = min(3, history.epochs)
         lines += [
             f"mode {entry['mode']} | device {entry['device']} | seed {entry['seed']} | "
-            f"{entry['epochs']} epochs in {_fmt_time(entry['wall_s'])}",
+            f"{entry['epochs']} epochs in {config.duration(entry['wall_s'])}",
             f"params            {entry['params']:,}",
             f"best test acc     {m['best_test_acc']:.2f} %  (epoch {m['best_epoch']})",
             f"best train acc    {m['best_train_acc']:.2f} %",
@@ -229,82 +186,28 @@ class Run:
         return "\n".join(lines)
 
 
+_current: Run | None = None
+
+
+def current_run() -> Run | None:
+    """The run that the last ``start()`` began: ``fit`` puts its automatic checkpoints under it."""
+    return _current
+
+
 def start(notebook: str, seed: int = 1, mode: str | None = None, device=None, needs_gpu: bool = False) -> Run:
     """Begin a notebook's run: resolve the mode, seed everything, pick the device, print it all.
 
     ``needs_gpu=True`` (notebooks 12-15): a full run on a CPU stops at its first training step with the
     measured time an epoch would take, instead of silently running for hours.
+    In a smoke run, the parameters that ``config.SMOKE_PARAMETERS`` lists for this notebook replace the ones its
+    parameters cell set (in the namespace that called ``start``, as ``eva run -p NAME VALUE`` would), said aloud.
     """
-    run = Run(notebook, seed=seed, mode=mode, device=device, needs_gpu=needs_gpu)
+    global _current
+    run = _current = Run(notebook, seed=seed, mode=mode, device=device, needs_gpu=needs_gpu)
     print(run)
+    namespace = sys._getframe(1).f_globals
+    for name, value in config.SMOKE_PARAMETERS.get(notebook, {}).items() if run.smoke else ():
+        if name in namespace:
+            print(f"smoke run: {name} = {value!r} instead of {namespace[name]!r}")
+            namespace[name] = value
     return run
-
-
-def read_ledger(path: Path | None = None) -> list[dict]:
-    path = Path(path) if path else ledger_path("full")
-    if not path.exists():
-        return []
-    entries = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n} is not valid JSON ({err})") from None
-    return entries
-
-
-def latest_full(entries: list[dict]) -> list[dict]:
-    """The latest full-mode entry per (notebook, label), sorted by notebook then label."""
-    latest = {}
-    for e in entries:
-        if e.get("mode") == "full":
-            latest[(e["notebook"], e.get("label", ""))] = e
-    return [latest[key] for key in sorted(latest)]
-
-
-def markdown_table(entries: list[dict]) -> str:
-    """The README results table: one row per notebook step, from full runs only."""
-    rows = latest_full(entries)
-    head = ("| notebook | step | params | best test % (epoch) | last-3 min test % | best train % | epochs | "
-            "target | met | device | train time | seed reference |\n"
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- |")
-    if not rows:
-        return head + "\n| _no full run recorded yet_ |  |  |  |  |  |  |  |  |  |  |  |"
-    out = [head]
-    dirty = False
-    for e in rows:
-        m, t = e["metrics"], e.get("target", {})
-        target = []
-        if "test_acc" in t:
-            target.append(f"≥ {t['test_acc']} %" + (f" (last {t['hold_last']})" if t.get("hold_last") else ""))
-        if "params" in t:
-            target.append(f"≤ {t['params']:,} params")
-        if "epochs" in t:
-            target.append(f"≤ {t['epochs']} ep")
-        last = next((v for k, v in m.items() if k.startswith("last") and k.endswith("_min_test_acc")), None)
-        mark = " †" if e.get("git_dirty") else ""
-        dirty |= bool(mark)
-        out.append(
-            f"| [{e['notebook']}](notebooks/{e['notebook']}.ipynb){mark} | {e.get('label') or '-'} | {e['params']:,} | "
-            f"{m['best_test_acc']:.2f} ({m['best_epoch']}) | {'-' if last is None else f'{last:.2f}'} | "
-            f"{m['best_train_acc']:.2f} | {e['epochs']} | {', '.join(target) or '-'} | "
-            f"{'yes' if e['passed'] else 'no'} | {e['device']} | {_fmt_time(e['wall_s'])} | {e.get('reference') or '-'} |"
-        )
-    if dirty:
-        out.append("\n† started from a working tree whose `eva_utils/` or notebook code differed from its commit "
-                   "(`git_dirty` in the ledger): the code that ran is not exactly the recorded commit.")
-    return "\n".join(out)
-
-
-def update_readme(readme: Path, table: str) -> bool:
-    """Replace the block between the results markers; returns whether the file changed."""
-    text = readme.read_text()
-    if TABLE_START not in text or TABLE_END not in text:
-        raise ValueError(f"{readme} has no {TABLE_START} ... {TABLE_END} block to fill")
-    head, rest = text.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    new = f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}"
-    if new != text:
-        readme.write_text(new)
-    return new != text

@@ -30,6 +30,8 @@ from typing import Iterator, Sequence, Union
 import torch
 from torch import nn
 
+from .modelstate import model_device, modes_restored
+
 __all__ = ["count_params", "model_summary", "model_cost", "SummaryText"]
 
 InputSize = Union[Sequence[int], Sequence[Sequence[int]]]
@@ -65,35 +67,24 @@ class SummaryText(str):
 
 
 # --------------------------------------------------------------------------- helpers
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
-def _inference_mode_restored(model: nn.Module, device: torch.device | str | None = None) -> Iterator[None]:
-    """Temporarily put ``model`` in eval mode (optionally on ``device``).
+def _probing(model: nn.Module, device: torch.device | str | None = None) -> Iterator[None]:
+    """Temporarily put ``model`` in eval mode (optionally on ``device``), without gradients.
 
     Eval mode matters: a forward pass in train mode would update BatchNorm
     running statistics with the random probe input and make Dropout random.
     On exit every sub-module gets back its own training flag and the model
     goes back to its original device, even if an exception was raised.
     """
-    flags = [(m, m.training) for m in model.modules()]
-    original_device = _model_device(model)
+    original_device = model_device(model)
     try:
         if device is not None:
             model.to(device)
-        model.eval()
-        yield
+        with modes_restored(model, train=False), torch.no_grad():
+            yield
     finally:
         if device is not None:
             model.to(original_device)
-        for m, flag in flags:
-            m.training = flag
 
 
 def _normalise_input_size(input_size: InputSize):
@@ -139,7 +130,7 @@ def model_summary(model: nn.Module, input_size: InputSize, device: str | torch.d
 
     size = _normalise_input_size(input_size)
     buf = io.StringIO()
-    with _inference_mode_restored(model, dev), torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with _probing(model, dev), torch.random.fork_rng(devices=[]):
         with contextlib.redirect_stdout(buf):
             _ts_summary(model, size, device=dev.type)
     text = SummaryText(buf.getvalue())
@@ -194,7 +185,7 @@ def model_cost(model: nn.Module, input_size: InputSize) -> dict:
     """
     size = _normalise_input_size(input_size)
     sizes = [size] if isinstance(size, tuple) else size
-    device = _model_device(model)
+    device = model_device(model)
     first = next(model.parameters(), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
 
@@ -210,7 +201,7 @@ def model_cost(model: nn.Module, input_size: InputSize) -> dict:
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
     ]
     try:
-        with _inference_mode_restored(model), torch.no_grad():
+        with _probing(model):
             xs = [torch.zeros(1, *s, device=device, dtype=dtype) for s in sizes]
             model(*xs)
     finally:

@@ -7,13 +7,18 @@ Result block are made of.
 
 Also here, because long runs get interrupted (Colab disconnects):
 
-* ``checkpoint=path`` saves everything needed to continue after every epoch: weights,
-  optimiser and scheduler state, the history, and every random generator's state;
-  ``resume=True`` picks the run up where it stopped and ends exactly where an
+* a checkpoint after every epoch holds everything needed to continue: weights, optimiser
+  and scheduler state, the history, and every random generator's state. By default
+  (``checkpoint="auto"``) it goes under the run that ``eva.start`` began
+  (``results/checkpoints/full/<notebook>-<nn>-seed<s>.pt``, the nn-th training of the
+  notebook); ``resume=True`` picks the run up where it stopped and ends exactly where an
   uninterrupted run would have (on the CPU, bit for bit).
 * a guard stops the run with a clear message when the loss becomes NaN/inf or explodes,
   instead of training on garbage for an hour.
 * ``amp=True`` uses mixed precision (float16 with loss scaling) on a CUDA GPU.
+
+A smoke run (``EVA_MODE=smoke``, what the tests run) trains 1 epoch whatever ``epochs`` says,
+and neither writes nor resumes the automatic checkpoints: it only checks that the code runs.
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ except ImportError:
     from tqdm.std import tqdm
 
 from . import config
+from .modelstate import model_device, modes_restored
+from .results import current_run
 
 
 class TrainingDiverged(RuntimeError):
@@ -84,6 +91,7 @@ class History:
     epoch_time: list = field(default_factory=list)
     device: str = ""
     started: str = ""  # when this training run began (UTC, ISO 8601): the ledger's "started"
+    seed: int | None = None  # the last seed_everything() seed when it began: the ledger's "seed"
 
     @property
     def epochs(self) -> int:
@@ -156,33 +164,26 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, scaler, device):
     return ckpt["epoch"], History.from_dict(ckpt["history"])
 
 
-def _progress_enabled() -> bool:
-    """Progress bars, unless ``EVA_PROGRESS=0`` (``eva run`` sets it: bars are noise in a saved notebook)."""
-    return os.environ.get("EVA_PROGRESS", "1") != "0"
-
-
-def _set_training(model, mode: bool) -> None:
-    try:
-        model.train(mode)
-    except NotImplementedError:  # an exported program stays in the mode it was exported in (eval)
-        pass
-
-
 def evaluate(model, loader, device=None, criterion=F.cross_entropy) -> tuple[float, float]:
-    """Mean loss and accuracy (percent) of ``model`` on ``loader``, without gradients."""
-    device = torch.device(device or next(iter(model.parameters())).device)
-    was_training = model.training
-    _set_training(model, False)
+    """Mean loss and accuracy (percent) of ``model`` on ``loader``, in eval mode, without gradients."""
+    device = model_device(model, device)
     loss_sum, correct, seen = 0.0, 0, 0
-    with torch.no_grad():
+    with modes_restored(model, train=False), torch.no_grad():
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
             loss_sum += criterion(out.float(), y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
             seen += len(y)
-    _set_training(model, was_training)
     return loss_sum / seen, 100.0 * correct / seen
+
+
+def _checkpoint_path(checkpoint) -> Path | None:
+    """``"auto"``: the current run's next checkpoint file (none outside ``eva.start``'s run or in a smoke run)."""
+    if checkpoint != "auto":
+        return Path(checkpoint) if checkpoint else None
+    run = current_run()
+    return None if run is None or config.is_smoke() else run.next_checkpoint()
 
 
 def _check_loss(loss_sum: torch.Tensor, batches: int, first: float | None, epoch, batch, lr, limit, where):
@@ -209,18 +210,24 @@ def backward_step(loss, optimizer, scaler=None) -> None:
 
 
 def fit(model, train_loader, test_loader, optimizer, epochs: int, scheduler=None, scheduler_step: str = "epoch",
-        criterion=F.cross_entropy, device=None, amp: bool = False, checkpoint=None, resume: bool = False,
+        criterion=F.cross_entropy, device=None, amp: bool = False, checkpoint="auto", resume: bool = False,
         diverge_factor: float = 100.0, on_epoch_end=None, verbose: bool = True) -> History:
-    """Train ``model`` for ``epochs`` epochs and test it after each one.
+    """Train ``model`` for ``epochs`` epochs (1 in a smoke run) and test it after each one.
+
+    Each epoch is the loop of notebook 01 -- for every batch: forward, loss, backward, optimiser
+    step; then the test set without gradients -- plus the bookkeeping: the device, a History,
+    progress bars, a fresh augmentation stream per epoch, checkpoints, the divergence guard.
 
     Args:
         scheduler: an LR scheduler, stepped once per epoch (``scheduler_step="epoch"``,
-            e.g. StepLR; ReduceLROnPlateau gets the test loss) or after every batch
-            (``"batch"``, e.g. OneCycleLR, whose ``steps_per_epoch`` counts batches).
+            e.g. StepLR) or after every batch (``"batch"``, e.g. OneCycleLR, whose
+            ``steps_per_epoch`` counts batches).
         criterion: the loss. ``F.cross_entropy`` also suits models that end in
             ``log_softmax`` (log-softmax of log-probabilities changes nothing).
+        device: where to train; default the best available (``config.get_device``).
         amp: mixed precision on a CUDA GPU (ignored elsewhere).
-        checkpoint / resume: save after every epoch to this path / continue from it.
+        checkpoint: ``"auto"`` (under the current run, see the module docstring), a path,
+            or ``None`` for none. ``resume=True`` continues from it when it exists.
         diverge_factor: stop when the mean loss exceeds this multiple of the first batches'.
         on_epoch_end: called as ``on_epoch_end(epoch, history)`` after each epoch.
     """
@@ -231,16 +238,18 @@ def fit(model, train_loader, test_loader, optimizer, epochs: int, scheduler=None
     use_amp = bool(amp) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     gpu_guard(model, train_loader, epochs, criterion, device)
-    history, start = History(device=config.device_name(device), started=config.now()), 1
-    ckpt = Path(checkpoint) if checkpoint else None
-    if resume and ckpt is None:
-        raise ValueError("resume=True needs checkpoint=<path> to resume from")
-    if resume and ckpt.exists():
+    epochs = config.epochs(epochs)
+    history, start = History(device=config.device_name(device), started=config.now(), seed=config.current_seed()), 1
+    ckpt = _checkpoint_path(checkpoint)
+    if resume and ckpt is None and not (checkpoint == "auto" and config.is_smoke()):
+        raise ValueError("resume=True needs a checkpoint to resume from: checkpoint=<path>, or the default "
+                         "checkpoint='auto' inside a run begun with eva.start()")
+    if resume and ckpt is not None and ckpt.exists():
         done, history = _load_checkpoint(ckpt, model, optimizer, scheduler, scaler, device)
         start = done + 1
         if verbose:
-            print(f"Resumed from {ckpt} after epoch {done}/{epochs}")
-    where = f"Last good checkpoint: {ckpt}." if ckpt else ""
+            print(f"Resumed from {config.shown_path(ckpt)} after epoch {done}/{epochs}")
+    where = f"Last good checkpoint: {config.shown_path(ckpt)}." if ckpt else ""
     first_loss = None
 
     for epoch in range(start, epochs + 1):
@@ -252,7 +261,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs: int, scheduler=None
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not _progress_enabled())
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not config.progress_bars())
         for batch, (x, y) in enumerate(bar, 1):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
@@ -272,10 +281,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs: int, scheduler=None
         train_loss, train_acc = loss_sum.item() / seen, 100.0 * correct.item() / seen
         test_loss, test_acc = evaluate(model, test_loader, device, criterion)
         if scheduler is not None and scheduler_step == "epoch":
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(test_loss)
-            else:
-                scheduler.step()
+            scheduler.step()
         for name, value in (("train_loss", train_loss), ("train_acc", train_acc), ("test_loss", test_loss),
                             ("test_acc", test_acc), ("lr", lr), ("epoch_time", time.perf_counter() - t0)):
             getattr(history, name).append(value)

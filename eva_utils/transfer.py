@@ -26,9 +26,9 @@ import albumentations as A
 import cv2
 import torch
 import torch.nn as nn
-from albumentations.pytorch import ToTensorV2
 
 from . import config
+from .augment import to_tensor
 
 # The statistics of ImageNet's training images (pixel values in [0, 1]): pretrained weights expect inputs
 # normalised with these, whatever the new dataset is.
@@ -147,7 +147,8 @@ def freeze_backbone(model: nn.Module, head: str = "fc") -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def param_groups(model: nn.Module, lr: float, backbone_factor: float = 0.1, head: str = "fc") -> list[dict]:
+def discriminative_groups(model: nn.Module, lr: float, backbone_factor: float = 0.1,
+                          head: str = "fc") -> list[dict]:
     """Discriminative learning rates: ``lr`` for the new head, ``lr * backbone_factor`` for the pretrained rest.
 
     Two parameter groups, the head first (so a training log showing the first group's rate shows the head's).
@@ -160,10 +161,6 @@ def param_groups(model: nn.Module, lr: float, backbone_factor: float = 0.1, head
 
 
 # --------------------------------------------------------------------------- pipelines
-def _to_tensor() -> list:
-    return [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0), ToTensorV2()]
-
-
 def imagenet_train(size: int = 224, scale=(0.08, 1.0), flip: float = 0.5) -> A.Compose:
     """Random-resized-crop to ``size``×``size`` + horizontal flip + ImageNet normalisation.
 
@@ -171,10 +168,10 @@ def imagenet_train(size: int = 224, scale=(0.08, 1.0), flip: float = 0.5) -> A.C
     aspect ratio in [3/4, 4/3], and resizes it to ``size`` (a 32×32 CIFAR image is thus *upscaled*).
     """
     return A.Compose([A.RandomResizedCrop(size=(size, size), scale=tuple(scale), interpolation=cv2.INTER_LINEAR),
-                      A.HorizontalFlip(p=flip), *_to_tensor()])
+                      A.HorizontalFlip(p=flip), *to_tensor(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def imagenet_test(size: int = 224) -> A.Compose:
     """Resize the shorter side to ``round(size * 256/224)``, crop the central ``size``×``size``, normalise."""
     return A.Compose([A.SmallestMaxSize(max_size=round(size * RESIZE_RATIO), interpolation=cv2.INTER_LINEAR),
-                      A.CenterCrop(height=size, width=size), *_to_tensor()])
+                      A.CenterCrop(height=size, width=size), *to_tensor(IMAGENET_MEAN, IMAGENET_STD)])

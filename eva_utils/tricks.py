@@ -19,8 +19,8 @@ take DavidNet from 94 % in 24 epochs to 94 % in 10. What each one does:
 * ``amp_dtype`` — which half-precision type **mixed precision** should use on a device.
 
 CELU (a smooth ReLU, ``nn.CELU``) and channels-last memory (``model.to(memory_format=...)``) are
-one-liners of PyTorch and need no helper. The net with a switch per trick is
-``eva_utils.models.fast_resnet.FastResNet``; the training loop that uses all this is ``speedrun``.
+one-liners of PyTorch and need no helper. The net with a switch per trick and the training loop that
+uses all this are in notebook 15 itself (its cells tagged ``recipe``; ``speedrun.load`` runs them).
 """
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def param_groups(model: nn.Module, weight_decay: float, bias_lr_scale: float = 1
                  bias_wd_scale: float = 1.0) -> list:
     """Optimizer groups: the batch-norm parameters (the β shifts) apart from all other weights.
 
-    Each group carries an ``lr_scale`` that ``speedrun`` multiplies the scheduled learning rate
+    Each group carries an ``lr_scale`` that notebook 15's loop multiplies the scheduled learning rate
     with: Page trains the BN shifts with a 64× larger learning rate and 64× less weight decay once
     the scales are frozen.
     """

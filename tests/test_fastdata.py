@@ -277,8 +277,9 @@ def test_same_seed_same_batches_other_seed_other_batches():
     assert all(torch.equal(x, xa) for (x, _), (xa, _) in zip(loader, a))
 
 
-def test_plugs_into_fit_reproducibly():
+def test_plugs_into_fit_reproducibly(monkeypatch):
     """eva.fit reseeds loader.dataset every epoch: same seed -> same training, bit for bit on the CPU."""
+    monkeypatch.setenv("EVA_MODE", "full")  # two epochs (a smoke run trains one)
     rng = np.random.default_rng(0)
     train = ArrayDataset(rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 96), name="t")
     test = ArrayDataset(rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 32), name="v")
@@ -288,7 +289,8 @@ def test_plugs_into_fit_reproducibly():
         train_loader, test_loader = fastdata.loaders(train, test, 32, "cpu", preset="cifar10")
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.Flatten(), torch.nn.LazyLinear(10))
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        history = eva.fit(model, train_loader, test_loader, opt, epochs=2, device="cpu", verbose=False)
+        history = eva.fit(model, train_loader, test_loader, opt, epochs=2, device="cpu", verbose=False,
+                          checkpoint=None)
         return history, train_loader.dataset._seed
 
     (h1, s1), (h2, s2) = once(), once()

@@ -1,5 +1,6 @@
 """Structure of the course notebooks: sections, parameters cell, exact model sizes, honest outputs."""
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -92,4 +93,18 @@ def test_committed_outputs_are_honest(path):
     entries = [e for e in ledger if e["notebook"] == path.stem and e["mode"] == "full"]
     assert entries, f"{path.name}: full outputs but no ledger entry"
     best = entries[-1]["metrics"]["best_test_acc"]
-    assert f"best test acc     {best:.2f} %" in outputs, f"{path.name}: Result block differs from its ledger line"
+    assert re.search(rf"best test acc +{best:.2f} %", outputs), f"{path.name}: Result differs from its ledger line"
+
+
+PLUMBING = re.compile(r"smoke|run\.epochs|run\.device|run\.checkpoint", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if int(p.name[:2]) <= 13], ids=lambda p: p.stem)
+def test_lesson_cells_carry_no_run_plumbing(path):
+    """Smoke mode, the device and checkpoints live in the package: a training cell reads like the lesson."""
+    if path.stem == "11_assignment":
+        pytest.skip("notebook 11 is being rewritten with fit's defaults")  # TODO: remove once it is
+    nb = _read(path)
+    found = [line.strip() for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
+             if PLUMBING.search(line)]
+    assert not found, f"{path.name}: {found}"

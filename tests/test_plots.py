@@ -1,4 +1,4 @@
-"""eva_utils.plots on tiny synthetic data where the right answer is known by construction."""
+"""eva_utils.plots and eva_utils.mistakes on tiny synthetic data where the right answer is known by construction."""
 
 import math
 from types import SimpleNamespace
@@ -14,16 +14,14 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from eva_utils.plots import (  # noqa: E402
-    denormalize,
+from eva_utils.mistakes import (  # noqa: E402
     gradcam_heatmaps,
     misclassified,
     per_class_accuracy,
-    plot_history,
     show_gradcam,
     show_misclassified,
-    show_samples,
 )
+from eva_utils.plots import denormalize, plot_history, show_samples  # noqa: E402
 
 MEAN, STD = (0.5,), (0.25,)
 
@@ -127,6 +125,23 @@ def test_plot_history_two_or_three_panels():
     fig = plot_history(d, return_fig=True)
     assert len(fig.axes) == 3
     assert list(fig.axes[2].lines[0].get_ydata()) == [0.1, 0.05, 0.01]
+
+
+def test_plot_history_of_several_runs_pairs_train_and_test_per_run():
+    def run(acc, lr):
+        return SimpleNamespace(train_loss=[1.0, 0.5], test_loss=[0.9, 0.6], train_acc=[80.0, 90.0],
+                               test_acc=list(acc), lr=lr)
+    fig = plot_history({"step": run([97.0, 98.0], [0.01, 0.001]), "onecycle": run([98.5, 99.1], [0.05, 0.005])},
+                       return_fig=True, acc_ylim=(96, 100))
+    loss_ax, acc_ax, lr_ax = fig.axes
+    labels = [t.get_text() for t in acc_ax.get_legend().get_texts()]
+    assert labels == ["step train", "step test", "onecycle train", "onecycle test"] and loss_ax.get_legend() is None
+    for ax in (loss_ax, acc_ax):
+        train, test = ax.lines[2], ax.lines[3]  # one run's pair: same colour, train dashed, test solid
+        assert train.get_color() == test.get_color() != ax.lines[0].get_color()
+        assert (train.get_linestyle(), test.get_linestyle()) == ("--", "-")
+    assert list(acc_ax.lines[3].get_ydata()) == [98.5, 99.1] and acc_ax.get_ylim() == (96, 100)
+    assert [list(line.get_ydata()) for line in lr_ax.lines] == [[0.01, 0.001], [0.05, 0.005]]
 
 
 # --------------------------------------------------------------------------- mistakes

@@ -1,5 +1,6 @@
 """The Result block and the ledger record what was measured; the README table is generated, never stale."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,14 @@ import eva_utils as eva
 from eva_utils import cli, results
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _keep_run_environment(monkeypatch):
+    """A Run sets EVA_MODE and EVA_NEEDS_GPU for the notebook's kernel and start() makes it current: undo both."""
+    for name in ("EVA_MODE", "EVA_NEEDS_GPU"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    monkeypatch.setattr(results, "_current", None)
 
 
 def _history(test_acc, train_acc=None):
@@ -57,13 +66,37 @@ def test_smoke_report_is_labelled_and_stays_out_of_the_committed_ledger(tmp_path
     assert "SMOKE RUN" in out and "NOT results" in out and "TARGET MISSED (smoke: meaningless)" in out
 
 
-def test_smoke_mode_forces_one_epoch_and_the_cpu(monkeypatch):
+def test_smoke_mode_forces_the_cpu_and_one_epoch(monkeypatch):
     run = eva.Run("99_test", mode="smoke")
-    assert run.epochs(15) == 1 and run.device.type == "cpu"
+    assert run.device.type == "cpu" and eva.config.epochs(15) == 1
     monkeypatch.setenv("EVA_MODE", "full")
-    assert eva.Run("99_test").epochs(15) == 15
+    assert eva.Run("99_test").mode == "full" and eva.config.epochs(15) == 15
     with pytest.raises(ValueError, match="smoke"):
         eva.Run("99_test", mode="fast")
+
+
+def test_quiet_report_prints_one_line_and_still_writes_the_ledger(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EVA_RESULTS_DIR", str(tmp_path))
+    run = eva.Run("99_test", mode="full", device="cpu")
+    entry = run.report(_history([98.0, 99.5, 99.3, 99.41]), eva.Target(test_acc=99.4, hold_last=3), nn.Linear(2, 2),
+                       label="step seed 2", seed=2, quiet=True)
+    out = capsys.readouterr().out
+    assert out == ("Result: 99_test [step seed 2] | mode full | seed 2 | 6 params | best test acc 99.50 % (epoch 2) | "
+                   "last-3 min 99.30 % | target ≥ 99.4 % (last 3): TARGET MISSED\n")
+    assert json.loads((tmp_path / "ledger.jsonl").read_text()) == entry and entry["label"] == "step seed 2"
+    seeded = eva.History(**{**_history([50.0]).to_dict(), "seed": 4})  # fit records the seed it trained with
+    assert eva.Run("99_test", mode="smoke").report(seeded, eva.Target(), nn.Linear(2, 2), quiet=True)["seed"] == 4
+    assert capsys.readouterr().out.endswith("target none: TARGET MET | SMOKE RUN: these numbers are NOT results\n")
+
+
+def test_start_makes_the_run_current_and_shrinks_listed_parameters_in_a_smoke_run(monkeypatch, capsys):
+    monkeypatch.setattr(eva.config, "SMOKE_PARAMETERS", {"99_big": {"WIDTH": 4, "ABSENT": 1}})
+    namespace = {"WIDTH": 64, "eva": eva}  # a notebook's globals after its parameters cell
+    exec("run = eva.start('99_big', mode='full', device='cpu')", namespace)
+    assert namespace["WIDTH"] == 64 and results.current_run() is namespace["run"]
+    exec("run = eva.start('99_big', mode='smoke')", namespace)
+    assert namespace["WIDTH"] == 4 and "ABSENT" not in namespace and results.current_run() is namespace["run"]
+    assert "smoke run: WIDTH = 4 instead of 64" in capsys.readouterr().out
 
 
 def test_markdown_table_uses_the_latest_full_entry_per_notebook():

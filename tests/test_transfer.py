@@ -92,9 +92,9 @@ def test_freeze_backbone_trains_only_the_head():
     assert not torch.equal(model.fc.weight, fc)
 
 
-def test_param_groups_discriminative_lr():
+def test_discriminative_groups_give_the_backbone_a_smaller_lr():
     model = transfer.pretrained("resnet18", 100, weights=None)
-    groups = transfer.param_groups(model, 1e-3, backbone_factor=0.1)
+    groups = transfer.discriminative_groups(model, 1e-3, backbone_factor=0.1)
     assert [g["name"] for g in groups] == ["head", "backbone"]
     assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-4])
     assert sum(p.numel() for p in groups[0]["params"]) == 51_300

@@ -1,0 +1,79 @@
+"""Several training runs side by side: ``eva.compare({label: history, ...})`` prints one table.
+
+A notebook that trains several runs (schedules, seeds, ablation rows, fine-tuning variants) ends with this one
+call instead of a hand-formatted table, and ``eva.plot_history`` takes the same dict to draw them in one figure.
+Per run: the best test accuracy and its epoch, the minimum and mean of the last ``last`` epochs (what a target
+"held over the last epochs" looks at), the final accuracy, and the training time; with ``level=99.4``, also the
+first epoch at or above that accuracy and how many epochs were; with ``gain=True`` (an ablation, each row one
+change more), how many points each row's best gains over the row above.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import duration
+
+__all__ = ["Comparison", "compare"]
+
+
+@dataclass
+class Comparison:
+    """The table ``compare`` printed: ``rows`` (one dict per run), ``str()`` as printed, ``markdown()``."""
+
+    rows: list
+    last: int
+    level: float | None = None
+    gain: bool = False
+
+    def _cells(self, row: dict) -> list:
+        if row["epochs"] == 0:
+            return [row["run"], "0", "no completed epoch"] + [""] * (len(self._head()) - 3)
+        reached = [] if self.level is None else [str(row["first_at_level"] or "never"), str(row["epochs_at_level"])]
+        gain = [] if not self.gain else ["" if row["gain"] is None else f"{row['gain']:+.2f}"]
+        return [row["run"], str(row["epochs"]), f"{row['best']:.2f} ({row['best_epoch']})", *reached,
+                f"{row['last_min']:.2f}", f"{row['last_mean']:.2f}", f"{row['final']:.2f}", duration(row["time_s"]),
+                *gain]
+
+    def _head(self) -> list:
+        k, x = self.last, self.level
+        level = [] if x is None else [f"first epoch ≥ {x} %", f"epochs ≥ {x} %"]
+        return ["run", "epochs", "best test % (epoch)", *level, f"last-{k} min %", f"last-{k} mean %", "final test %",
+                "time", *(["best vs row above"] if self.gain else [])]
+
+    def __str__(self) -> str:
+        table = [self._head()] + [self._cells(r) for r in self.rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                                   for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in table)
+
+    def markdown(self) -> str:
+        lines = [self._head(), ["---"] + ["---:"] * (len(self._head()) - 1)] + [self._cells(r) for r in self.rows]
+        return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+    def _ipython_display_(self) -> None:  # compare() has printed it: as a cell's last value, show nothing more
+        return None
+
+
+def compare(histories: dict, last: int = 3, level: float | None = None, gain: bool = False) -> Comparison:
+    """Print and return a table of ``histories`` (``{label: History}``; ``None`` for a run with no epoch).
+
+    ``last``: how many final epochs the "last-k" columns look at (fewer when a run is shorter).
+    ``level``: a test accuracy (%); adds the first epoch that reached it (1-based) and how many epochs did.
+    ``gain``: adds each row's best minus the best of the nearest row above that completed an epoch.
+    """
+    rows, previous = [], None
+    for label, h in histories.items():
+        acc = list(h.test_acc) if h is not None else []
+        row = {"run": str(label), "epochs": len(acc)}
+        if acc:
+            tail = acc[-last:]
+            row.update(best=max(acc), best_epoch=acc.index(max(acc)) + 1, last_min=min(tail),
+                       last_mean=sum(tail) / len(tail), final=acc[-1], time_s=float(sum(h.epoch_time)))
+            if level is not None:
+                row.update(first_at_level=next((e for e, a in enumerate(acc, 1) if a >= level), None),
+                           epochs_at_level=sum(a >= level for a in acc))
+            row["gain"], previous = (None if previous is None else row["best"] - previous), row["best"]
+        rows.append(row)
+    table = Comparison(rows, last, level, gain)
+    print(table)
+    return table
