@@ -10,3 +10,16 @@ os.environ["EVA_MODE"] = "smoke"
 os.environ["EVA_PROGRESS"] = "0"
 os.environ.setdefault("MPLBACKEND", "Agg")
 absolute_data_dir()  # notebook kernels run inside notebooks/
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_current_run_between_tests():
+    """``eva.start`` makes its run current (``fit`` checkpoints under it): no test inherits another test's run."""
+    from eva_utils import results
+
+    results._current = None
+    yield
+    results._current = None

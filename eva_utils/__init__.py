@@ -14,10 +14,12 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from . import augment, config, export, fastdata, speedrun, transfer, tricks
+from .claims import facts
 from .compare import compare
 from .config import get_device, loader_settings, seed_everything
 from .data import DataNotFoundError, cifar10, cifar100, loaders, mnist
 from .lr_finder import find_lr
+from .parallel import map_seeds
 from .mistakes import misclassified, per_class_accuracy, show_gradcam, show_misclassified
 from .plots import plot_history, show_samples
 from .results import Run, Target, current_run, start

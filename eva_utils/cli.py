@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import ast
 import os
 import re
@@ -85,6 +86,7 @@ def run_notebooks(paths, mode: str, parameters: dict, output_dir: Path | None = 
             continue
         finally:
             os.environ.pop("EVA_LEDGER", None)
+        _relative_paths(out, nb)
         if mode == "full":
             shutil.move(str(out), str(nb))
         if staged.exists():
@@ -92,6 +94,13 @@ def run_notebooks(paths, mode: str, parameters: dict, output_dir: Path | None = 
             staged.unlink()
         print(f"done {nb} in {time.perf_counter() - t0:.0f} s", flush=True)
     return 1 if failures else 0
+
+
+def _relative_paths(executed: Path, nb: Path) -> None:
+    """papermill records where it read and wrote the notebook: name the notebook, not this machine's folders."""
+    book = json.loads(executed.read_text())
+    book.get("metadata", {}).get("papermill", {}).update(input_path=str(nb), output_path=str(nb))
+    executed.write_text(json.dumps(book, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _keep_failed(path: Path, root: Path) -> Path | None:

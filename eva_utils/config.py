@@ -34,6 +34,8 @@ SMOKE_PARAMETERS = {
     "13_transfer_learning": {"IMAGE_SIZE": 64},  # ResNet-18 on 64-pixel images: 1/12 of the arithmetic
     # the 6.6M-parameter net at full size: one seed, batches of 64, a 6-batch range test, one peak in the check
     "14_custom_resnet": {"SEEDS": (1,), "BATCH_SIZE": 64, "LR_TEST_ITERS": 6, "COMPARE_FACTORS": (1,)},
+    # an 8-channel net, batches of 64, one epoch per row, 2 final runs
+    "15_fast_cifar10": {"WIDTH": 8, "BATCH_SIZE": 64, "EPOCHS": 1, "SPEED_EPOCHS": 1, "RUNS": 2},
 }
 _seed: int | None = None  # the last seed_everything() seed: names the automatic checkpoints
 

@@ -81,31 +81,33 @@ class Run:
 
     def next_checkpoint(self) -> Path:
         """The checkpoint file of this run's next training (what ``fit(..., checkpoint="auto")`` uses):
-        ``results/checkpoints/<mode>/<notebook>-<nn>-seed<s>.pt``, nn counting the trainings since ``eva.start``
+        ``results/checkpoints/<mode>/<notebook>-<nn>-seed<s>.pt`` (or under ``$EVA_CHECKPOINT_DIR``: each run of a
+        sweep has its own), nn counting the trainings since ``eva.start``
         and s the last ``seed_everything`` seed -- the same file when the notebook is run again from the top."""
         self._trainings += 1
         seed = config.current_seed()
-        return results_dir() / "checkpoints" / self.mode / f"{self.notebook}-{self._trainings:02d}-seed{seed}.pt"
+        folder = Path(os.environ.get("EVA_CHECKPOINT_DIR") or results_dir() / "checkpoints" / self.mode)
+        return folder / f"{self.notebook}-{self._trainings:02d}-seed{seed}.pt"
 
-    # Deprecated: fit() shortens itself in a smoke run and checkpoints by default. Kept only for notebooks 11 and 14
-    # until they call fit(model, train_loader, test_loader, optimizer, EPOCHS); delete both then.
-    def epochs(self, full: int) -> int:
-        return config.epochs(full)
-
-    def checkpoint(self, label: str = "") -> Path:
-        name = self.notebook + (f"-{label}" if label else "")
-        return results_dir() / "checkpoints" / self.mode / f"{name}.pt"
+    @property
+    def folder(self) -> Path:
+        """Where this run saves what it makes (e.g. a trained model): ``results/``, or ``results/smoke/`` in a
+        smoke run, so that nothing a smoke run saves lands among the results."""
+        return results_dir() / ("smoke" if self.smoke else "")
 
     def __repr__(self) -> str:
         return (f"EVA run: {self.notebook} | mode {self.mode} | device {config.device_name(self.device)} | "
                 f"seed {self.seed} | torch {torch.__version__}")
 
     def report(self, history, target: Target, model=None, params: int | None = None, label: str = "",
-               reference: str = "", extra: dict | None = None, seed: int | None = None, quiet: bool = False) -> dict:
+               reference: str = "", extra: dict | None = None, seed: int | None = None, quiet: bool = False,
+               split: str = "test") -> dict:
         """Print the Result block (measured vs target) and append the run to the ledger. Returns the entry.
 
         ``seed``: the seed of this training run; by default the one ``fit`` recorded (``history.seed``), else the run's.
         ``quiet=True`` prints one line instead of the block (a cell reporting several runs, then ``eva.compare``).
+        ``split="validation"``: the history's "test" columns were measured on a validation split (a design step,
+        not a result); the Result says "val" and the ledger line records ``evaluated_on``.
         """
         from .summary import count_params
 
@@ -133,7 +135,7 @@ class Run:
                 **(extra or {}),
             },
             "target": {key: val for key, val in asdict(target).items() if val not in (None, 0)},
-            "reference": reference, "passed": passed,
+            "reference": reference, "passed": passed, "evaluated_on": split,
         }
         if os.environ.get("EVA_SWEEP"):
             entry["sweep"] = os.environ["EVA_SWEEP"]
@@ -147,11 +149,15 @@ class Run:
     def _title(self, entry) -> str:
         return f"Result: {self.notebook}" + (f" [{entry['label']}]" if entry["label"] else "")
 
+    @staticmethod
+    def _word(entry) -> str:
+        return "test" if entry.get("evaluated_on", "test") == "test" else "val"
+
     def _result_line(self, entry) -> str:
-        m, k = entry["metrics"], min(3, entry["epochs"])
+        m, k, word = entry["metrics"], min(3, entry["epochs"]), self._word(entry)
         verdict = f"target {target_text(entry['target']) or 'none'}: TARGET {'MET' if entry['passed'] else 'MISSED'}"
         return " | ".join([self._title(entry), f"mode {entry['mode']}", f"seed {entry['seed']}",
-                           f"{entry['params']:,} params", f"best test acc {m['best_test_acc']:.2f} % (epoch "
+                           f"{entry['params']:,} params", f"best {word} acc {m['best_test_acc']:.2f} % (epoch "
                            f"{m['best_epoch']})", f"last-{k} min {m[f'last{k}_min_test_acc']:.2f} %", verdict]
                           + (["SMOKE RUN: these numbers are NOT results"] if self.smoke else []))
 
@@ -161,16 +167,16 @@ class Run:
         if self.smoke:
             lines += ["SMOKE RUN: 1 epoch on a small subset, on the CPU. This checks that the notebook runs;",
                       "these numbers are NOT results. Full run: eva run --full notebooks/" + self.notebook + ".ipynb", ""]
-        m = entry["metrics"]
+        m, word = entry["metrics"], self._word(entry)
         k = min(3, history.epochs)
         lines += [
             f"mode {entry['mode']} | device {entry['device']} | seed {entry['seed']} | "
             f"{entry['epochs']} epochs in {config.duration(entry['wall_s'])}",
             f"params            {entry['params']:,}",
-            f"best test acc     {m['best_test_acc']:.2f} %  (epoch {m['best_epoch']})",
+            f"best {word} acc{' ' * (9 - len(word))}{m['best_test_acc']:.2f} %  (epoch {m['best_epoch']})",
             f"best train acc    {m['best_train_acc']:.2f} %",
-            f"final test acc    {m['final_test_acc']:.2f} %",
-            f"last-{k} test min   {min(history.last(k)):.2f} %  (last {k}: "
+            f"final {word} acc{' ' * (8 - len(word))}{m['final_test_acc']:.2f} %",
+            f"last-{k} {word} min{' ' * (7 - len(word))}{min(history.last(k)):.2f} %  (last {k}: "
             + ", ".join(f"{a:.2f}" for a in history.last(k)) + ")",
         ]
         if entry["reference"]:
@@ -180,9 +186,12 @@ class Run:
             sign = "≤" if name in ("params", "epochs") else "≥"
             shown = f"{measured:,}" if isinstance(measured, int) else f"{measured:.2f} %"
             req = f"{required:,}" if isinstance(required, int) else f"{required:.2f} %"
+            name = name.replace("test", word)
             lines.append(f"target {name:<30} {sign} {req:<10} measured {shown:<10} {'PASS' if ok else 'MISS'}")
         verdict = "TARGET MET" if entry["passed"] else "TARGET MISSED"
-        lines += [verdict + (" (smoke: meaningless)" if self.smoke else ""), f"ledger: {config.shown_path(path)}"]
+        lines += [verdict + (" (smoke: meaningless)" if self.smoke else "")
+                  + ("" if word == "test" else " on the validation split: a design decision, not a test result"),
+                  f"ledger: {config.shown_path(path)}"]
         return "\n".join(lines)
 
 

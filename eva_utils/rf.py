@@ -64,6 +64,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .modelstate import modes_restored
+
 __all__ = ["receptive_field", "RFTable", "RFRow", "ReceptiveFieldError"]
 
 
@@ -239,19 +241,15 @@ def receptive_field(model: nn.Module, input_size: tuple[int, int, int]) -> RFTab
                     requires_grad=True).clone()
     tracer = _Tracer(model)
     tracer.meta[x.grad_fn] = _Meta(size[1], 1, 1)
-    flags = [(m, m.training) for m in model.modules()]
     handles = []
     try:
         for module in tracer.names:
             handles += [module.register_forward_pre_hook(tracer.pre_hook),
                         module.register_forward_hook(tracer.post_hook)]
-        model.eval()
-        with torch.enable_grad():
+        with modes_restored(model, train=False), torch.enable_grad():
             metas = [tracer.resolve(t, model) for t in _tensors(model(x))]
     finally:
         for handle in handles:
             handle.remove()
-        for module, flag in flags:
-            module.training = flag
     final = [m.r for m in metas if m is not None]
     return RFTable(tracer.rows, size, max(final) if final else None)

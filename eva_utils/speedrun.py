@@ -33,10 +33,8 @@ from .train import History
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "15_fast_cifar10.ipynb"
 
 #: What a smoke run of notebook 15 shrinks (``eva.start`` sets these after the parameters cell; the benchmark's
-#: ``--smoke`` passes them to ``load``): an 8-channel net, batches of 64, one epoch per row, 2 final runs.
-SMOKE_PARAMETERS = {"WIDTH": 8, "BATCH_SIZE": 64, "EPOCHS": 1, "SPEED_EPOCHS": 1, "RUNS": 2}
-# Until config.SMOKE_PARAMETERS lists notebook 15 itself, register it from here (config's own entry wins).
-config.SMOKE_PARAMETERS.setdefault("15_fast_cifar10", SMOKE_PARAMETERS)
+#: ``--smoke`` passes them to ``load``).
+SMOKE_PARAMETERS = config.SMOKE_PARAMETERS["15_fast_cifar10"]
 
 
 class Clock:

@@ -214,7 +214,8 @@ def run_sweep(notebooks, seeds, grid: dict | None = None, mode: str = "smoke", c
         task = ray.remote(execute).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
         pending = {}  # each run's task -> its job
         for job in jobs:
-            staged = {**env, "EVA_LEDGER": str(out / f"{job.name}.jsonl")}
+            staged = {**env, "EVA_LEDGER": str(out / f"{job.name}.jsonl"),  # its own ledger lines and checkpoints:
+                      "EVA_CHECKPOINT_DIR": str(out / f"{job.name}-checkpoints")}  # runs share no file
             parameters = {**job.params, "SEED": job.seed}
             pending[task.remote(str(job.notebook.resolve()), str(out / f"{job.name}.ipynb"), parameters, staged)] = job
         try:

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from eva_utils import facts, ledger
+from eva_utils import claims as facts, ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

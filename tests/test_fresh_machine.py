@@ -82,6 +82,7 @@ def test_successful_full_run_replaces_the_notebook_and_records_its_ledger_lines(
     monkeypatch.setenv("EVA_RESULTS_DIR", str(tmp_path / "results"))
     nb = _notebook(tmp_path / "ok.ipynb", "X = 1", "print(X * 6 * 7)", REPORT)
     assert cli.run_notebooks([nb], "full", {"X": 2}) == 0
+    assert nbformat.read(nb, as_version=4).metadata.papermill.output_path == str(nb)  # not build/running/
     entry, = results.read_ledger(tmp_path / "results" / "ledger.jsonl")
     assert entry["notebook"] == "99_x" and entry["metrics"]["best_test_acc"] == 91.0
     outputs = [o for c in nbformat.read(nb, as_version=4).cells for o in c.get("outputs", [])]
@@ -182,6 +183,8 @@ def test_committed_outputs_carry_no_absolute_paths_or_environment_warnings(path)
     found = [(i, m.group(0)) for i, c in enumerate(nb.cells) if c.cell_type == "code"
              for o in c.get("outputs", []) for m in NOISE.finditer(_output_text(o))]
     assert not found, f"{path.name}: machine noise in outputs (cell, text): {found[:5]}"
+    papermill = nb.metadata.get("papermill", {})
+    assert not any(NOISE.search(str(papermill.get(k, ""))) for k in ("input_path", "output_path")), papermill
 
 
 # --------------------------------------------------------------------------- Colab installs what produced the outputs

@@ -102,8 +102,6 @@ PLUMBING = re.compile(r"smoke|run\.epochs|run\.device|run\.checkpoint", re.IGNOR
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if int(p.name[:2]) <= 13], ids=lambda p: p.stem)
 def test_lesson_cells_carry_no_run_plumbing(path):
     """Smoke mode, the device and checkpoints live in the package: a training cell reads like the lesson."""
-    if path.stem == "11_assignment":
-        pytest.skip("notebook 11 is being rewritten with fit's defaults")  # TODO: remove once it is
     nb = _read(path)
     found = [line.strip() for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
              if PLUMBING.search(line)]
