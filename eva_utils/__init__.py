@@ -8,7 +8,11 @@
     eva.compare({"a": history_a, "b": history_b})          # several runs: one table (and plot_history(dict))
 """
 import os
+import warnings
 
+# tqdm.auto (fit's bars, torch-lr-finder, grad-cam) warns "IProgress not found" into every notebook of a Jupyter
+# without ipywidgets; its bars then fall back to text and nothing is lost.
+warnings.filterwarnings("ignore", message="IProgress not found")
 # albumentations looks for a newer version of itself over the network at import: offline that prints a warning
 # into every notebook, and a course run has no use for it.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -115,10 +115,8 @@ def find_lr(
     Note: torch-lr-finder refuses an optimizer that already has an lr
     scheduler attached - create the scheduler *after* the range test.
     """
-    with warnings.catch_warnings():  # its tqdm.autonotebook import warns into the notebook when ipywidgets is missing
-        warnings.simplefilter("ignore")
-        from torch_lr_finder import LRFinder
-        from torch_lr_finder import lr_finder as _lrf_module
+    from torch_lr_finder import LRFinder
+    from torch_lr_finder import lr_finder as _lrf_module
 
     if num_iter < skip_start + skip_end + 2:
         raise ValueError(

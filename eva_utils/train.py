@@ -33,11 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-try:  # notebook progress bars need ipywidgets; without it tqdm.auto prints a warning into every notebook
-    import ipywidgets  # noqa: F401
-    from tqdm.auto import tqdm
-except ImportError:
-    from tqdm.std import tqdm
+from tqdm.auto import tqdm
 
 from . import config
 from .modelstate import model_device, modes_restored
