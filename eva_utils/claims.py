@@ -14,7 +14,9 @@ below, "still rising" when the last epoch fell. Two tools keep it honest:
 """
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from . import ledger
 
@@ -24,8 +26,14 @@ THRESHOLDS = (98.0, 99.0, 99.2, 99.3, 99.4, 99.5)
 
 
 def runs_of(notebook: str, entries: list[dict] | None = None) -> dict[str, dict]:
-    """The latest full-run ledger entry of each step (label) of ``notebook``: ``{label: metrics}``."""
-    entries = ledger.read_ledger() if entries is None else entries
+    """The latest full-run ledger entry of each step (label) of ``notebook``: ``{label: metrics}``.
+
+    Without ``entries``: the committed ledger, then the lines that ``eva run``/``eva sweep`` have staged for the
+    run in progress (``$EVA_LEDGER``), so that a full run's facts cell prints the run that has just reported.
+    """
+    if entries is None:
+        staged = os.environ.get("EVA_LEDGER")
+        entries = ledger.read_ledger() + (ledger.read_ledger(Path(staged)) if staged else [])
     return {e.get("label") or "": e["metrics"] for e in ledger.latest_full(entries) if e["notebook"] == notebook}
 
 

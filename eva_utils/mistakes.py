@@ -85,7 +85,7 @@ def show_misclassified(
     if not samples:
         print("No misclassified samples: the model is right on every image of this loader.")
         return None
-    fig, axes = _grid(len(samples), ncols, cell=1.9)
+    fig, axes = _grid(len(samples), ncols, cell=1.9, title="misclassified: true → predicted")
     for ax, (img, true, pred) in zip(axes, samples):
         _show_image(ax, img, mean, std, f"{_label_name(true, classes)} → {_label_name(pred, classes)}")
     return _finish(fig, return_fig)
@@ -158,7 +158,7 @@ def show_gradcam(
         print("show_gradcam: no samples to show.")
         return None
     maps = gradcam_heatmaps(model, target_layer, [s[0] for s in samples], [s[2] for s in samples])
-    fig, axes = _grid(len(samples), ncols, cell=1.9)
+    fig, axes = _grid(len(samples), ncols, cell=1.9, title="Grad-CAM of the predicted class: true → predicted")
     for ax, (img, true, pred), mask in zip(axes, samples, maps):
         rgb = denormalize(img, mean, std)
         if rgb.ndim == 2:

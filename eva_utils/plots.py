@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from . import config
+
 __all__ = ["denormalize", "show_samples", "plot_history"]
 
 
@@ -92,7 +94,20 @@ def _grid(n: int, ncols: int, cell: float = 1.6, title: str | None = None):
     return fig, axes[:n]
 
 
+SMOKE_LABEL = "SMOKE RUN: not results"
+
+
+def _label_smoke(fig) -> None:
+    """In a smoke run, put SMOKE in the figure's title: a plot of a smoke run must never pass for a result."""
+    if not config.is_smoke():
+        return
+    title = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+    if "SMOKE" not in title:
+        fig.suptitle(f"{SMOKE_LABEL} | {title}" if title else SMOKE_LABEL, color="tab:red")
+
+
 def _finish(fig, return_fig: bool):
+    _label_smoke(fig)
     fig.tight_layout()
     plt.show()
     if return_fig:
