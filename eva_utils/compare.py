@@ -9,11 +9,13 @@ change more), how many points each row's best gains over the row above.
 """
 from __future__ import annotations
 
+import json
+import statistics
 from dataclasses import dataclass
 
 from .config import duration
 
-__all__ = ["Comparison", "compare"]
+__all__ = ["Comparison", "compare", "sweep_table"]
 
 
 @dataclass
@@ -77,3 +79,41 @@ def compare(histories: dict, last: int = 3, level: float | None = None, gain: bo
     table = Comparison(rows, last, level, gain)
     print(table)
     return table
+
+
+# --------------------------------------------------------------------------- many seeds: the ledger lines of a sweep
+def _last_k(entry: dict) -> tuple[str, float | None]:
+    """The ``last<k>_min_test_acc`` metric of an entry: (its key, its value)."""
+    return next(((k, v) for k, v in entry["metrics"].items() if k.startswith("last") and k.endswith("_min_test_acc")),
+                ("last3_min_test_acc", None))
+
+
+def sweep_table(entries: list[dict], markdown: bool = False) -> str:
+    """One block per group (notebook, step, swept parameters): n, mean ± std (sample), min, max of the best, final
+    and last-k-minimum test accuracy over the group's runs, and how many runs met the target."""
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        key = (e["notebook"], e.get("label") or "", json.dumps(e.get("sweep_params") or {}, sort_keys=True))
+        groups.setdefault(key, []).append(e)
+    head = ["notebook", "step", "parameters", "metric", "n", "mean ± std", "min", "max", "target met"]
+    rows = []
+    for (notebook, label, params), group in sorted(groups.items()):
+        k = _last_k(group[0])[0][len("last"):-len("_min_test_acc")]
+        shown = " ".join(f"{name}={value}" for name, value in json.loads(params).items()) or "-"
+        metrics = [("best test %", lambda e: e["metrics"]["best_test_acc"]),
+                   ("final test %", lambda e: e["metrics"]["final_test_acc"]),
+                   (f"last-{k} min test %", lambda e: _last_k(e)[1])]
+        for i, (name, get) in enumerate(metrics):
+            values = [v for v in map(get, group) if v is not None]
+            spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+            stats = [f"{statistics.fmean(values):.2f}{spread}", f"{min(values):.2f}", f"{max(values):.2f}"] if values \
+                else ["-", "-", "-"]
+            met = f"{sum(bool(e.get('passed')) for e in group)}/{len(group)}"
+            first = [notebook, label or "-", shown] if i == 0 or markdown else ["", "", ""]
+            rows.append([*first, name, str(len(values)), *stats, met if i == 0 or markdown else ""])
+    if markdown:
+        align = ["---"] * 4 + ["---:"] * 4 + ["---"]
+        return "\n".join("| " + " | ".join(r) + " |" for r in [head, align, *rows])
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) if c < 4 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths)))
+                     .rstrip() for r in [head, *rows])

@@ -20,16 +20,23 @@ import os
 from . import config
 
 
-def _one(fn, seed, threads):
+def _one(fn, seed, threads, env):
     import torch
 
+    os.environ.update(env)  # a cluster's workers do not inherit this process's environment
     torch.set_num_threads(threads)
     return fn(seed)
 
 
 def map_seeds(fn, seeds, cpus_per_run: int = 1, gpus_per_run: float = 0.0, address: str | None = None) -> dict:
     """``{seed: fn(seed)}`` for every seed, several at once on Ray when it is installed (see the module doc)."""
+    from . import sweep  # how to start or join Ray: one place, shared with `eva sweep`
+
     seeds = list(seeds)
+    address = address or os.environ.get("RAY_ADDRESS")
+    address = None if address == "local" else address
+    if address:
+        sweep._token_auth()
     try:
         import ray
     except ImportError:
@@ -40,13 +47,11 @@ def map_seeds(fn, seeds, cpus_per_run: int = 1, gpus_per_run: float = 0.0, addre
         return {seed: fn(seed) for seed in seeds}
     started = not ray.is_initialized()
     if started:
-        # quiet: Ray's start-up logs name temporary folders of this machine; workers' prints stay in their logs
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR",
-                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("EVA_")}})
+        sweep._connect(ray, address)
+    env = {key: value for key, value in os.environ.items() if key.startswith("EVA_")}
     try:
-        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(_one)
-        refs = [task.remote(fn, seed, cpus_per_run) for seed in seeds]
+        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(_one)
+        refs = [task.remote(fn, seed, cpus_per_run, env) for seed in seeds]
         return dict(zip(seeds, ray.get(refs)))
     finally:
         if started:
