@@ -1,5 +1,6 @@
 """eva.map_seeds: several seeds side by side on Ray give exactly the runs they would have given one by one."""
 import json
+import sys
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import eva_utils as eva
 
 
-def _train(seed):
+def _train(seed, run):
     """A tiny deterministic training run that reports to the ledger, as a notebook's train_step does."""
     eva.seed_everything(seed)
     x = torch.randn(256, 4)
@@ -17,7 +18,7 @@ def _train(seed):
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
     h = eva.fit(model, loader, loader, torch.optim.SGD(model.parameters(), lr=0.1), 2, device="cpu",
                 checkpoint=None, verbose=False)
-    eva.current_run().report(h, eva.Target(), model, label=f"seed {seed}", quiet=True)
+    run.report(h, eva.Target(), model, label=f"seed {seed}", quiet=True)  # the notebook's `run` travels with it
     return h.test_acc, h.train_loss, torch.get_num_threads()
 
 
@@ -32,10 +33,11 @@ def full_run(tmp_path, monkeypatch):
 
 
 def test_map_seeds_on_ray_equals_one_after_another(full_run, tmp_path):
-    pytest.importorskip("ray")
-    side_by_side = eva.map_seeds(_train, [3, 1, 2])
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # as a notebook's own functions travel
+    side_by_side = eva.map_seeds(lambda seed: _train(seed, full_run), [3, 1, 2])
     assert list(side_by_side) == [3, 1, 2]
-    alone = {seed: _train(seed) for seed in (3, 1, 2)}
+    alone = {seed: _train(seed, full_run) for seed in (3, 1, 2)}
     for seed in alone:
         assert side_by_side[seed][:2] == alone[seed][:2], seed  # same accuracies and losses, bit for bit
         assert side_by_side[seed][2] == 1  # one thread per worker
