@@ -25,7 +25,7 @@ from .data import DataNotFoundError, cifar10, cifar100, loaders, mnist
 from .lr_finder import find_lr
 from .parallel import map_seeds
 from .mistakes import misclassified, per_class_accuracy, show_gradcam, show_misclassified
-from .plots import plot_history, show_samples
+from .plots import plot_history, show, show_samples
 from .results import Run, Target, current_run, start
 from .rf import receptive_field
 from .summary import count_params, model_cost, model_summary

@@ -117,6 +117,12 @@ def _finish(fig, return_fig: bool):
     return None
 
 
+def show(fig) -> None:
+    """Show a figure drawn in a lesson cell the way the package's own plots are shown (tight layout; in a smoke
+    run, SMOKE in its title)."""
+    _finish(fig, return_fig=False)
+
+
 def _split_batch(batch):
     if isinstance(batch, (list, tuple)) and len(batch) >= 2:
         return batch[0], batch[1]
@@ -191,16 +197,44 @@ def _epoch_axis(ax, ylabel: str, title: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_history(history, return_fig: bool = False, acc_ylim=None):
+def _zoom_last(ax, runs: dict, last: int) -> None:
+    """The accuracy of the last ``last`` epochs on a y-scale fitted to them, so 0.1-point steps are visible."""
+    values = []
+    for n, (label, h) in enumerate(runs.items()):
+        for split, style in (("train", "--"), ("test", "-")):
+            acc = _series(h, f"{split}_acc")
+            if len(acc) < 2:
+                continue
+            tail = acc[-last:]
+            epochs = range(len(acc) - len(tail) + 1, len(acc) + 1)
+            colour = {"color": f"C{n}"} if label else {"color": "C0" if split == "train" else "C1"}
+            ax.plot(epochs, tail, style if label else "-", marker="o", markersize=3, **colour)
+            values += tail
+            if split == "test" and len(runs) <= 2:  # few runs: write the test values on the points
+                for x, y in zip(epochs, tail):
+                    ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 4), ha="center",
+                                fontsize=7, **colour)
+    if values:
+        low, high = min(values), max(values)
+        pad = max(0.05, 0.15 * (high - low))
+        ax.set_ylim(low - pad, high + 2 * pad)
+    _epoch_axis(ax, "accuracy (%)", f"Accuracy, last {last} epochs")
+
+
+def plot_history(history, return_fig: bool = False, acc_ylim=None, last: int = 5):
     """Loss and accuracy per epoch, train vs test, side by side: of one run, or of several to compare.
 
     ``history`` has lists ``train_loss, train_acc, test_loss, test_acc``
     (accuracy in percent) and ``lr`` - as attributes (a ``History``) or dict
     keys.  Or it is a dict of such runs, ``{label: history}``: each run gets
     its own colour, its test curve solid and its train curve dashed, and the
-    accuracy panel's legend pairs them (``label train``, ``label test``).  A third, small panel
-    shows the learning rate when it changes during training (e.g. OneCycle or
-    StepLR).  ``acc_ylim=(low, high)`` zooms the accuracy axis in.
+    accuracy panel's legend pairs them (``label train``, ``label test``).
+    When there are more than ``last`` epochs, a third panel zooms on the
+    accuracy of the last ``last`` epochs (y-scale fitted to them, test values
+    written on the points for one or two runs), where the final 0.1-point
+    differences are visible.  A last, small panel shows the learning rate
+    when it changes during training (e.g. OneCycle or StepLR).
+    ``acc_ylim=(low, high)`` sets the full accuracy panel's y-range.
 
     How to read it: train loss falling while test loss rises = over-fitting;
     both high and flat = under-fitting (model too small or lr wrong); test
@@ -210,7 +244,9 @@ def plot_history(history, return_fig: bool = False, acc_ylim=None):
     runs = _runs(history)
     lrs = {label: _series(h, "lr") for label, h in runs.items()}
     show_lr = any(len(set(lr)) > 1 for lr in lrs.values())
-    widths = [1, 1, 0.6] if show_lr else [1, 1]
+    epochs = max((len(_series(h, "test_acc")) for h in runs.values()), default=0)
+    show_zoom = last and epochs > last
+    widths = [1, 1] + ([0.8] if show_zoom else []) + ([0.6] if show_lr else [])
     fig, axes = plt.subplots(1, len(widths), figsize=(4.5 * sum(widths), 3.5), gridspec_kw={"width_ratios": widths})
     for n, (label, h) in enumerate(runs.items()):
         colour = {"color": f"C{n}"} if label else {}  # one run: matplotlib's train/test colours
@@ -221,8 +257,8 @@ def plot_history(history, return_fig: bool = False, acc_ylim=None):
                     ax.plot(range(1, len(values) + 1), values, style, marker="o", markersize=3,
                             label=f"{label} {split}".strip(), **colour)
         if show_lr and lrs[label]:
-            axes[2].plot(range(1, len(lrs[label]) + 1), lrs[label], label=label or None,
-                         **(colour or {"color": "tab:green"}))
+            axes[-1].plot(range(1, len(lrs[label]) + 1), lrs[label], label=label or None,
+                          **(colour or {"color": "tab:green"}))
     _epoch_axis(axes[0], "loss", "Loss")
     _epoch_axis(axes[1], "accuracy (%)", "Accuracy")
     if acc_ylim is not None:
@@ -230,9 +266,10 @@ def plot_history(history, return_fig: bool = False, acc_ylim=None):
     for ax in axes[:2] if len(runs) == 1 else axes[1:2]:  # several runs: one legend, beside the accuracy
         if ax.lines:
             ax.legend(fontsize=7 if len(runs) > 3 else None)
+    if show_zoom:
+        _zoom_last(axes[2], runs, last)
     if show_lr:
-        ax = axes[2]
-        epochs = max(len(_series(h, "test_acc")) for h in runs.values())
+        ax = axes[-1]
         _epoch_axis(ax, "lr", "Learning rate")
         ax.set_xlabel("epoch" if max(len(lr) for lr in lrs.values()) == max(epochs, 1) else "step")
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))

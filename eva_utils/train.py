@@ -207,7 +207,7 @@ def backward_step(loss, optimizer, scaler=None) -> None:
 
 def fit(model, train_loader, test_loader, optimizer, epochs: int, scheduler=None, scheduler_step: str = "epoch",
         criterion=F.cross_entropy, device=None, amp: bool = False, checkpoint="auto", resume: bool = False,
-        diverge_factor: float = 100.0, on_epoch_end=None, verbose: bool = True) -> History:
+        diverge_factor: float = 100.0, on_epoch_end=None, verbose: bool = True, eval_name: str = "test") -> History:
     """Train ``model`` for ``epochs`` epochs (1 in a smoke run) and test it after each one.
 
     Each epoch is the loop of notebook 01 -- for every batch: forward, loss, backward, optimiser
@@ -226,6 +226,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs: int, scheduler=None
             or ``None`` for none. ``resume=True`` continues from it when it exists.
         diverge_factor: stop when the mean loss exceeds this multiple of the first batches'.
         on_epoch_end: called as ``on_epoch_end(epoch, history)`` after each epoch.
+        eval_name: what ``test_loader`` holds, as the epoch lines name it (``"val"`` for a validation split).
     """
     if scheduler_step not in ("epoch", "batch"):
         raise ValueError(f"scheduler_step must be 'epoch' or 'batch', not {scheduler_step!r}")
@@ -283,7 +284,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs: int, scheduler=None
             getattr(history, name).append(value)
         if verbose:
             print(f"epoch {epoch:2d}/{epochs}  lr {lr:.4g}  train loss {train_loss:.4f} acc {train_acc:6.2f}%  "
-                  f"test loss {test_loss:.4f} acc {test_acc:6.2f}%  ({history.epoch_time[-1]:.1f} s)", flush=True)
+                  f"{eval_name} loss {test_loss:.4f} acc {test_acc:6.2f}%  ({history.epoch_time[-1]:.1f} s)", flush=True)
         if ckpt is not None:
             _save_checkpoint(ckpt, epoch, model, optimizer, scheduler, scaler, history)
         if on_epoch_end is not None:

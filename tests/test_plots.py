@@ -21,7 +21,7 @@ from eva_utils.mistakes import (  # noqa: E402
     show_gradcam,
     show_misclassified,
 )
-from eva_utils.plots import denormalize, plot_history, show_samples  # noqa: E402
+from eva_utils.plots import denormalize, plot_history, show, show_samples  # noqa: E402
 
 MEAN, STD = (0.5,), (0.25,)
 
@@ -142,6 +142,39 @@ def test_plot_history_of_several_runs_pairs_train_and_test_per_run():
         assert (train.get_linestyle(), test.get_linestyle()) == ("--", "-")
     assert list(acc_ax.lines[3].get_ydata()) == [98.5, 99.1] and acc_ax.get_ylim() == (96, 100)
     assert [list(line.get_ydata()) for line in lr_ax.lines] == [[0.01, 0.001], [0.05, 0.005]]
+
+
+def test_plot_history_zooms_on_the_last_epochs():
+    test_acc = [97.0, 98.5, 99.0, 99.31, 99.38, 99.42, 99.35, 99.44]
+    h = SimpleNamespace(train_loss=[1.0] * 8, test_loss=[0.9] * 8, train_acc=[96.0, 98.0, 98.7, 99.0, 99.1, 99.2,
+                        99.25, 99.3], test_acc=test_acc, lr=[0.1, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001])
+    fig = plot_history(h, return_fig=True, last=4)
+    loss_ax, acc_ax, zoom_ax, lr_ax = fig.axes
+    assert zoom_ax.get_title() == "Accuracy, last 4 epochs" and lr_ax.get_title() == "Learning rate"
+    train, test = zoom_ax.lines
+    assert list(test.get_xdata()) == [5, 6, 7, 8] and list(test.get_ydata()) == test_acc[-4:]
+    assert list(train.get_ydata()) == [99.1, 99.2, 99.25, 99.3]
+    low, high = zoom_ax.get_ylim()  # fitted to the last epochs: 0.1 points is a visible step
+    assert 99.0 < low < 99.1 and 99.44 < high < 99.6 and (high - low) < 1.0
+    assert acc_ax.get_ylim()[0] < 97.0  # the full panel still shows every epoch
+    assert [t.get_text() for t in zoom_ax.texts] == ["99.38", "99.42", "99.35", "99.44"]
+
+    assert len(plot_history(h, return_fig=True, last=8).axes) == 3  # no more epochs than `last`: no zoom
+    many = {f"seed {s}": h for s in range(3)}
+    fig = plot_history(many, return_fig=True, last=4)
+    assert len(fig.axes[2].lines) == 6 and not fig.axes[2].texts  # 3 runs x train/test, no numbers written
+
+
+@pytest.mark.parametrize("mode", ["smoke", "full"])
+def test_a_lesson_figure_says_smoke_only_in_a_smoke_run(monkeypatch, mode):
+    monkeypatch.setenv("EVA_MODE", mode)
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    fig.suptitle("LR range test")
+    show(fig)
+    title = fig._suptitle.get_text()
+    assert title == ("SMOKE RUN: not results | LR range test" if mode == "smoke" else "LR range test")
+    assert plt.get_fignums() == []  # shown and closed, like the package's plots
 
 
 # --------------------------------------------------------------------------- mistakes

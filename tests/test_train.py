@@ -77,6 +77,13 @@ def test_per_batch_scheduler_steps_every_batch():
     assert sched.last_epoch == 2 * len(loader)
 
 
+def test_epoch_lines_name_what_was_evaluated(capsys):
+    model, loader, opt = _toy()
+    eva.fit(model, loader, loader, opt, 1, device="cpu", eval_name="val")
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("epoch  1/1") and " val loss " in line and "test" not in line
+
+
 def test_divergence_stops_with_a_clear_message():
     model, loader, opt = _toy(lr=1e6)
     with pytest.raises(eva.TrainingDiverged, match="Lower the learning rate"):
