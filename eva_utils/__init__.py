@@ -19,7 +19,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from . import augment, config, export, fastdata, speedrun, transfer, tricks
 from .claims import facts
-from .compare import compare
+from .compare import compare, sweep_table
 from .config import get_device, loader_settings, seed_everything
 from .data import DataNotFoundError, cifar10, cifar100, loaders, mnist
 from .lr_finder import find_lr

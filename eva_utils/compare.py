@@ -90,19 +90,24 @@ def _last_k(entry: dict) -> tuple[str, float | None]:
 
 def sweep_table(entries: list[dict], markdown: bool = False) -> str:
     """One block per group (notebook, step, swept parameters): n, mean ± std (sample), min, max of the best, final
-    and last-k-minimum test accuracy over the group's runs, and how many runs met the target."""
+    and last-k-minimum test accuracy over the group's runs, and how many runs met the target. ``entries``: ledger
+    lines (a sweep's, or ``run.entries()`` of a notebook that trained several seeds); a label's trailing
+    ``seed N`` is not part of its group."""
     groups: dict[tuple, list[dict]] = {}
     for e in entries:
-        key = (e["notebook"], e.get("label") or "", json.dumps(e.get("sweep_params") or {}, sort_keys=True))
+        label = e.get("label") or ""
+        label = label.removesuffix(f" seed {e.get('seed')}")  # "final seed 3" is one run of the group "final"
+        key = (e["notebook"], label, json.dumps(e.get("sweep_params") or {}, sort_keys=True))
         groups.setdefault(key, []).append(e)
     head = ["notebook", "step", "parameters", "metric", "n", "mean ± std", "min", "max", "target met"]
     rows = []
     for (notebook, label, params), group in sorted(groups.items()):
         k = _last_k(group[0])[0][len("last"):-len("_min_test_acc")]
         shown = " ".join(f"{name}={value}" for name, value in json.loads(params).items()) or "-"
-        metrics = [("best test %", lambda e: e["metrics"]["best_test_acc"]),
-                   ("final test %", lambda e: e["metrics"]["final_test_acc"]),
-                   (f"last-{k} min test %", lambda e: _last_k(e)[1])]
+        split = "val" if all(e.get("evaluated_on") == "validation" for e in group) else "test"
+        metrics = [(f"best {split} %", lambda e: e["metrics"]["best_test_acc"]),
+                   (f"final {split} %", lambda e: e["metrics"]["final_test_acc"]),
+                   (f"last-{k} min {split} %", lambda e: _last_k(e)[1])]
         for i, (name, get) in enumerate(metrics):
             values = [v for v in map(get, group) if v is not None]
             spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""

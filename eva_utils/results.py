@@ -89,6 +89,15 @@ class Run:
         folder = Path(os.environ.get("EVA_CHECKPOINT_DIR") or results_dir() / "checkpoints" / self.mode)
         return folder / f"{self.notebook}-{self._trainings:02d}-seed{seed}.pt"
 
+    def entries(self, label: str = "") -> list[dict]:
+        """The ledger lines this run has reported so far (those whose label starts with ``label``), including the
+        lines that ``eva run`` has staged and that tasks of ``eva.map_seeds`` reported in their own processes:
+        what ``eva.sweep_table`` summarises."""
+        staged = os.environ.get("EVA_LEDGER")
+        lines = read_ledger(ledger_path(self.mode)) + (read_ledger(Path(staged)) if staged else [])
+        return [e for e in lines if e.get("notebook") == self.notebook and e.get("git_sha") == self.git_sha
+                and str(e.get("started", "")) >= self.started and str(e.get("label", "")).startswith(label)]
+
     @property
     def folder(self) -> Path:
         """Where this run saves what it makes (e.g. a trained model): ``results/``, or ``results/smoke/`` in a

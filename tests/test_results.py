@@ -89,6 +89,30 @@ def test_quiet_report_prints_one_line_and_still_writes_the_ledger(tmp_path, monk
     assert capsys.readouterr().out.endswith("target none: TARGET MET | SMOKE RUN: these numbers are NOT results\n")
 
 
+def test_run_entries_are_this_runs_lines_staged_or_not_and_sweep_table_groups_their_seeds(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVA_RESULTS_DIR", str(tmp_path))
+    old = eva.Run("99_test", mode="full", device="cpu")
+    old.report(_history([99.9] * 3), eva.Target(test_acc=99.4, hold_last=3), nn.Linear(2, 2), label="final", quiet=True)
+    run = eva.Run("99_test", mode="full", device="cpu")
+    run.started = "9999"  # the earlier run's line is older than this run
+    other_step = run.report(_history([90.0] * 3), eva.Target(), nn.Linear(2, 2), label="step1", quiet=True)
+    staged = tmp_path / "staged.jsonl"
+    monkeypatch.setenv("EVA_LEDGER", str(staged))  # as under `eva run`: the tasks' lines wait there
+    finals = []
+    for seed, acc in ((1, [99.5, 99.4, 99.6]), (2, [99.3, 99.5, 99.5]), (3, [99.6, 99.6, 99.7])):
+        h = eva.History(**{**_history(acc).to_dict(), "seed": seed, "started": "9999-01-0%d" % seed})
+        finals.append(run.report(h, eva.Target(test_acc=99.4, hold_last=3), nn.Linear(2, 2),
+                                 label="final" if seed == 1 else f"final seed {seed}", quiet=True))
+    assert len(staged.read_text().splitlines()) == 3 and run.entries("final") == finals
+    assert run.entries() == [e for e in [other_step, *finals] if e["started"] >= "9999"] != []
+    assert "best val %" in eva.sweep_table([dict(e, evaluated_on="validation") for e in finals])
+    table = eva.sweep_table(run.entries("final")).splitlines()
+    assert len(table) == 1 + 3  # one group: the seeds of "final" (3 metrics)
+    assert table[1].split()[:2] == ["99_test", "final"]  # best 99.6, 99.5, 99.7; seed 2 dips to 99.3: missed
+    assert table[1].split()[-7:] == ["3", "99.60", "±", "0.10", "99.50", "99.70", "2/3"]
+    assert table[3].split()[-6:] == ["3", "99.43", "±", "0.15", "99.30", "99.60"]  # last-3 min: 99.4, 99.3, 99.6
+
+
 def test_start_makes_the_run_current_and_shrinks_listed_parameters_in_a_smoke_run(monkeypatch, capsys):
     monkeypatch.setattr(eva.config, "SMOKE_PARAMETERS", {"99_big": {"WIDTH": 4, "ABSENT": 1}})
     namespace = {"WIDTH": 64, "eva": eva}  # a notebook's globals after its parameters cell
