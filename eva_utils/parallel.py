@@ -37,10 +37,7 @@ def map_seeds(fn, seeds, cpus_per_run: int = 1, gpus_per_run: float = 0.0, addre
     address = None if address == "local" else address
     if address:
         sweep._token_auth()
-    try:
-        import ray
-    except ImportError:
-        ray = None
+    ray = sweep.import_ray()
     if ray is None or config.is_smoke() or len(seeds) < 2:
         if ray is None and not config.is_smoke():
             print(f"(Ray is not installed: the {len(seeds)} seeds run one after another)")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import re
 import secrets
@@ -145,12 +146,25 @@ def _failure(job: Job, outcome: dict, out: Path) -> str:
 
 def _connect(ray, address: str | None) -> str:
     """Join the cluster at ``address``, else start Ray here with this machine's cores and GPUs."""
-    quiet = dict(log_to_driver=False, logging_level="warning")
+    # "error": in a Jupyter kernel Ray's warnings (token auth on by default, ipywidgets missing) would land in a
+    # lesson's outputs; the runs' own failures still come back as exceptions.
+    quiet = dict(log_to_driver=False, logging_level="error")
     if address:
         ray.init(address=address, **quiet)
         return f"the Ray cluster at {address}"
     ray.init(address="local", include_dashboard=False, **quiet)  # "local": never some other cluster found in /tmp
     return "Ray on this machine"
+
+
+def import_ray():
+    """``import ray``, or None without it. Imported in a Jupyter kernel, Ray logs a hint about ipywidgets (its
+    rich display), which would land in a lesson's outputs: that one logger is raised to warnings first."""
+    logging.getLogger("ray.widgets.util").setLevel(logging.WARNING)
+    try:
+        import ray
+    except ImportError:
+        return None
+    return ray
 
 
 def _token_auth() -> None:
@@ -168,9 +182,8 @@ def run_sweep(notebooks, seeds, grid: dict | None = None, mode: str = "smoke", c
     address = None if address == "local" else address
     if address:
         _token_auth()
-    try:
-        import ray
-    except ImportError:
+    ray = import_ray()
+    if ray is None:
         print(INSTALL, file=sys.stderr)
         return 2
     grid = dict(grid or {})

@@ -51,3 +51,19 @@ def test_map_seeds_runs_one_after_another_in_a_smoke_run(monkeypatch):
     calls = []
     out = eva.map_seeds(lambda seed: calls.append(seed) or seed * 10, [2, 1])
     assert out == {2: 20, 1: 10} and calls == [2, 1]  # in this process, in order
+
+
+def test_map_seeds_in_a_notebook_prints_nothing_of_ray(tmp_path):
+    """Starting Ray inside a Jupyter kernel logged an ipywidgets hint and a token-auth warning into the committed
+    outputs of notebook 11. A lesson cell that runs seeds side by side should print only what it prints."""
+    pytest.importorskip("ray")
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os\nos.environ['EVA_MODE'] = 'full'\nimport eva_utils as eva\n"
+        "print(eva.map_seeds(lambda seed: seed * 10, [1, 2]))")])
+    nbclient.NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+                            ).execute()
+    outputs = nb.cells[0].outputs
+    assert [o.get("name") for o in outputs] == ["stdout"], "".join(o.get("text", "") for o in outputs)
+    assert outputs[0]["text"] == "{1: 10, 2: 20}\n"
