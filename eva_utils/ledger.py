@@ -91,10 +91,18 @@ def read_ledger(path: Path | None = None) -> list[dict]:
 
 
 def latest_full(entries: list[dict]) -> list[dict]:
-    """The latest full-mode entry per (notebook, label), sorted by notebook then label."""
+    """The latest full-mode entry per (notebook, label) of each notebook's latest run, sorted by notebook then label.
+
+    A notebook's latest run is the commit (``git_sha``) of its newest line: a step that the notebook no longer has
+    (renamed or removed in a redesign) drops out with the run that had it, instead of standing beside the new ones.
+    """
+    full = [e for e in entries if e.get("mode") == "full"]
+    newest = {}
+    for e in full:
+        newest[e["notebook"]] = e.get("git_sha")
     latest = {}
-    for e in entries:
-        if e.get("mode") == "full":
+    for e in full:
+        if e.get("git_sha") == newest[e["notebook"]]:
             latest[(e["notebook"], e.get("label", ""))] = e
     return [latest[key] for key in sorted(latest)]
 
@@ -120,18 +128,21 @@ def markdown_table(entries: list[dict]) -> str:
     if not rows:
         return head + "\n| _no full run recorded yet_ |  |  |  |  |  |  |  |  |  |  |  |"
     out = [head]
-    dirty = False
+    dirty = val = False
     for e in rows:
         m, t = e["metrics"], e.get("target", {})
         last = next((v for k, v in m.items() if k.startswith("last") and k.endswith("_min_test_acc")), None)
         mark = " †" if e.get("git_dirty") else ""
-        dirty |= bool(mark)
+        on = " val" if e.get("evaluated_on") == "validation" else ""
+        dirty, val = dirty or bool(mark), val or bool(on)
         out.append(
             f"| [{e['notebook']}](notebooks/{e['notebook']}.ipynb){mark} | {e.get('label') or '-'} | {e['params']:,} | "
-            f"{m['best_test_acc']:.2f} ({m['best_epoch']}) | {'-' if last is None else f'{last:.2f}'} | "
+            f"{m['best_test_acc']:.2f} ({m['best_epoch']}){on} | {'-' if last is None else f'{last:.2f}{on}'} | "
             f"{m['best_train_acc']:.2f} | {e['epochs']} | {target_text(t) or '-'} | "
             f"{'yes' if e['passed'] else 'no'} | {e['device']} | {duration(e['wall_s'])} | {e.get('reference') or '-'} |"
         )
+    if val:
+        out.append("\nval: measured on the notebook's validation split (a design step), not on the test set.")
     if dirty:
         out.append("\n† started from a working tree whose `eva_utils/` or notebook code differed from its commit "
                    "(`git_dirty` in the ledger): the code that ran is not exactly the recorded commit.")

@@ -134,6 +134,20 @@ def test_markdown_table_uses_the_latest_full_entry_per_notebook():
     assert len(rows) == 2 and rows[0].startswith("| [01_b]") and "99.20 (15)" in rows[1] and "10.00" not in table
 
 
+def test_markdown_table_keeps_only_the_latest_run_of_a_notebook_and_marks_validation_steps():
+    def entry(label, sha, acc, on="test"):
+        return {"notebook": "11_x", "label": label, "mode": "full", "params": 7_756, "epochs": 15, "wall_s": 60.0,
+                "device": "cpu", "passed": False, "target": {}, "reference": "", "git_sha": sha, "evaluated_on": on,
+                "metrics": {"best_test_acc": acc, "best_epoch": 3, "best_train_acc": 99.0, "last3_min_test_acc": acc}}
+    old = [entry("step1", "a", 98.1), entry("step6 seed 3", "a", 99.5)]  # a redesign removed "step6 seed 3"
+    new = [entry("step1", "b", 97.7, on="validation"), entry("final", "b", 99.4)]
+    rows = results.markdown_table(old + new).splitlines()
+    assert [r.split("|")[2].strip() for r in rows if r.startswith("| [")] == ["final", "step1"]
+    assert "| 97.70 (3) val | 97.70 val |" in rows[3] and "| 99.40 (3) | 99.40 |" in rows[2]
+    assert "val: measured on the notebook's validation split" in rows[-1]
+    assert "val" not in results.markdown_table(old)
+
+
 def test_readme_results_table_is_not_stale():
     readme = (ROOT / "README.md").read_text()
     block = readme.split(results.TABLE_START, 1)[1].split(results.TABLE_END, 1)[0].strip()
