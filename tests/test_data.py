@@ -115,3 +115,33 @@ def test_sample_is_fixed_sorted_and_a_real_subset():
     rows = [int(img[0, 0]) // 4 for img in a.images]
     assert rows == sorted(rows) and len(set(rows)) == 6
     assert np.array_equal(a.labels, np.array(rows) % 5) and "6 sampled" in a.name
+
+
+def _load_mnist_test(data_dir, barrier, out):
+    os.environ["EVA_DATA_DIR"] = data_dir
+    barrier.wait()  # all start together, as the runs of a sweep do
+    try:
+        out.put(len(data.mnist(train=False, smoke=False)))
+    except Exception as err:  # noqa: BLE001 - the parent reports it
+        out.put(repr(err))
+
+
+@needs_data
+def test_runs_that_start_together_all_read_a_fresh_mnist_copy(tmp_path):
+    """Only the .gz files, as on a fresh machine: the first loader extracts them, the others wait for it."""
+    import multiprocessing as mp
+    import shutil
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in data.MNIST_FILES:
+        shutil.copy2(data.config.data_dir() / "MNIST" / "raw" / f, raw / f)
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_load_mnist_test, args=(str(tmp_path), barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    assert results == [10_000] * 4
