@@ -26,7 +26,9 @@ import ast
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,7 +43,26 @@ def _value(text: str):
         return text
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit): handled like Ctrl-C, so the executed copy is kept."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(f"signal {signum}")
+
+
 def run_notebooks(paths, mode: str, parameters: dict, output_dir: Path | None = None) -> int:
+    """0 when every notebook succeeded, 1 when one failed, 130 after Ctrl-C, 143 after SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live on the main thread
+        return _run_notebooks(paths, mode, parameters, output_dir)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run_notebooks(paths, mode, parameters, output_dir)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_notebooks(paths, mode: str, parameters: dict, output_dir: Path | None = None) -> int:
     import papermill as pm
 
     if "MODE" in parameters:
@@ -82,7 +103,7 @@ def run_notebooks(paths, mode: str, parameters: dict, output_dir: Path | None = 
                   + (f"\n  its ledger lines were not recorded (kept in {kept[-1]})" if kept[-1] else ""),
                   file=sys.stderr, flush=True)
             if isinstance(err, KeyboardInterrupt):
-                return 130
+                return 143 if isinstance(err, Terminated) else 130
             continue
         finally:
             os.environ.pop("EVA_LEDGER", None)

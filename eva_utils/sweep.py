@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import os
 import re
 import secrets
@@ -40,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, results
+from . import config, parallel, results
 from .compare import sweep_table
 
 INSTALL = 'eva sweep needs Ray: pip install -e ".[sweep]"  (outside the repository: pip install "ray>=2.9")'
@@ -144,45 +143,14 @@ def _failure(job: Job, outcome: dict, out: Path) -> str:
             f"       executed copy: {config.shown_path(out / (job.name + '.ipynb'))}")
 
 
-def _connect(ray, address: str | None) -> str:
-    """Join the cluster at ``address``, else start Ray here with this machine's cores and GPUs."""
-    # "error": in a Jupyter kernel Ray's warnings (token auth on by default, ipywidgets missing) would land in a
-    # lesson's outputs; the runs' own failures still come back as exceptions.
-    quiet = dict(log_to_driver=False, logging_level="error")
-    if address:
-        ray.init(address=address, **quiet)
-        return f"the Ray cluster at {address}"
-    ray.init(address="local", include_dashboard=False, **quiet)  # "local": never some other cluster found in /tmp
-    return "Ray on this machine"
-
-
-def import_ray():
-    """``import ray``, or None without it. Imported in a Jupyter kernel, Ray logs a hint about ipywidgets (its
-    rich display), which would land in a lesson's outputs: that one logger is raised to warnings first."""
-    logging.getLogger("ray.widgets.util").setLevel(logging.WARNING)
-    try:
-        import ray
-    except ImportError:
-        return None
-    return ray
-
-
-def _token_auth() -> None:
-    """``ray start --head`` guards its cluster with the token it saved in ~/.ray/auth_token, but Ray sends a token to
-    an explicit address only in token mode, which must be set before Ray is imported (else it retries forever)."""
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-                                              or (Path.home() / ".ray" / "auth_token").is_file()):
-        os.environ["RAY_AUTH_MODE"] = "token"  # works with a cluster without authentication too
-
-
 def run_sweep(notebooks, seeds, grid: dict | None = None, mode: str = "smoke", cpus_per_run: float = 1,
               gpus_per_run: float | None = None, address: str | None = None, output_dir: Path | None = None) -> int:
     """Run the sweep; 0 if every run succeeded, 1 if one failed, 130 after Ctrl-C, 2 if it could not start."""
     address = address or os.environ.get("RAY_ADDRESS")
     address = None if address == "local" else address
     if address:
-        _token_auth()
-    ray = import_ray()
+        parallel.token_auth()
+    ray = parallel.import_ray()
     if ray is None:
         print(INSTALL, file=sys.stderr)
         return 2
@@ -205,7 +173,7 @@ def run_sweep(notebooks, seeds, grid: dict | None = None, mode: str = "smoke", c
 
     started_here = not ray.is_initialized()
     try:
-        where = _connect(ray, address) if started_here else "the running Ray session"
+        where = parallel.connect(ray, address) if started_here else "the running Ray session"
     except Exception as err:  # ConnectionError, an authentication error, ...
         print(f"eva sweep: could not start or join Ray: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

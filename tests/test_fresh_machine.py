@@ -3,7 +3,9 @@ outputs free of one machine's paths and warnings, Colab links that install what 
 notebooks that stop on a CPU instead of running for hours."""
 import os
 import re
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,6 +77,29 @@ def test_interrupted_full_run_leaves_the_notebook_byte_identical(tmp_path, monke
     assert nb.read_bytes() == before
     assert (tmp_path / "build" / "failed" / "slow.ipynb").read_text() == "half-written"
     assert "KeyboardInterrupt" in capsys.readouterr().err
+
+
+def test_a_killed_full_run_keeps_its_copy_and_leaves_the_notebook_and_the_ledger(tmp_path):
+    """`kill` (SIGTERM, as a scheduler's time limit sends) mid-run: a real `eva run --full` process and kernel."""
+    nb = _notebook(tmp_path / "long.ipynb", "X = 1", REPORT, "import time\nprint('training', flush=True)\n"
+                   "time.sleep(120)")
+    before = nb.read_bytes()
+    env = {**os.environ, "EVA_RESULTS_DIR": str(tmp_path / "results"), "EVA_MODE": "full"}
+    proc = subprocess.Popen([sys.executable, "-m", "eva_utils.cli", "run", "--full", nb.name], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staged = tmp_path / "build" / "running" / "long.ledger.jsonl"
+    deadline = time.time() + 120
+    while not staged.exists() and time.time() < deadline:  # the report has run; the last cell is "training"
+        time.sleep(0.5)
+    time.sleep(2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert nb.read_bytes() == before and not (tmp_path / "results" / "ledger.jsonl").exists()
+    assert "99_x" in (tmp_path / "build" / "failed" / "long.ipynb").read_text()  # the copy as far as it got
+    assert (tmp_path / "build" / "failed" / "long.ledger.jsonl").is_file()  # the report's line, kept aside
+    assert "Terminated" in err and "unchanged" in err
 
 
 def test_successful_full_run_replaces_the_notebook_and_records_its_ledger_lines(tmp_path, monkeypatch):
