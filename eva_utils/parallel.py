@@ -10,9 +10,9 @@ MNIST net keeps one core busy) or a GPU (it keeps a fraction of one busy), so ``
 
 Each task runs in its own worker process with ``cpus_per_run`` threads, so a CPU run is exactly the run it
 would have been alone with that many threads (same seed, same numbers; another thread count sums in another
-order and changes the last digits). How to start or join Ray is here too, shared with ``eva sweep``. Ledger lines written by the tasks go through the locked
-append of ``results``. Without Ray (``pip install "ray>=2.9"``), or in a smoke run, the seeds run one after
-another in this process: the same results, only slower.
+order and changes the last digits). Ledger lines written by the tasks go through the locked append of
+``results``. Without Ray (``pip install "ray>=2.9"``), or in a smoke run, the seeds run one after another in
+this process: the same results, only slower. How to start or join Ray is here too, shared with ``eva sweep``.
 """
 from __future__ import annotations
 
