@@ -17,6 +17,7 @@ it explicitly. Data is read from ``EVA_DATA_DIR`` (default ``./data``).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import random
@@ -212,3 +213,18 @@ def eval_batch_size(device, train_batch_size: int) -> int:
     from them but memory use.
     """
     return max(train_batch_size, 1024 if torch.device(device).type == "cuda" else 256)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path):
+    """``path`` opened for appending under an exclusive file lock: one process at a time (ledger appends, the MNIST
+    extraction of runs that start together)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield f
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -17,7 +17,6 @@ synthetic stand-in in smoke mode, and it says so loudly.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
@@ -169,7 +168,7 @@ def mnist(train: bool = True, transform=None, smoke=None) -> ArrayDataset:
 
     root = _writable_mnist_root(config.data_dir())
     try:
-        with _one_at_a_time(root / "MNIST" / ".extract.lock"):  # a sweep's runs start together
+        with config.exclusive(root / "MNIST" / ".extract.lock"):  # a sweep's runs start together: one extracts
             ds = datasets.MNIST(str(root), train=train, download=True)
     except Exception as err:  # offline with no copy: one clear message, not a traceback soup
         looked = ", ".join(config.shown_path(root / "MNIST" / "raw" / f) for f in MNIST_FILES)
@@ -179,21 +178,6 @@ def mnist(train: bool = True, transform=None, smoke=None) -> ArrayDataset:
             "Set EVA_DATA_DIR to a folder containing MNIST/raw/*.gz, or run with internet access."
         ) from None
     return _finish("mnist", ds.data.numpy(), ds.targets.numpy(), MNIST_CLASSES, train, transform, smoke)
-
-
-@contextlib.contextmanager
-def _one_at_a_time(lock: Path):
-    """An exclusive file lock: processes that start together (``eva sweep``, ``map_seeds``) would otherwise extract
-    the same .gz files at once, and one would read another's half-written file."""
-    import fcntl
-
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _unset() -> str:

@@ -11,7 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .config import duration, project_root
+from .config import duration, exclusive, project_root
 
 LEDGER = "ledger.jsonl"
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -32,19 +32,11 @@ def ledger_path(mode: str) -> Path:
 
 def append_ledger(path: Path, entries: list[dict]) -> None:
     """Append entries as JSON lines under an exclusive file lock: concurrent writers never interleave or lose lines."""
-    import fcntl
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(e) + "\n" for e in entries)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with exclusive(Path(path)) as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _code_cells(text: str) -> list[str]:
